@@ -1,0 +1,116 @@
+"""The ASGI application: `create_app()` wires routers, middleware, error handlers and lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from steward import __version__
+from steward.platform import errors, health
+from steward.platform.logging import configure_logging
+from steward.platform.metrics import MetricsMiddleware
+from steward.platform.middleware import (
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+)
+from steward.platform.resources import Resources
+from steward.settings import ConfigError, Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    """Outermost first. Metrics see every status, including the 500s made just inside."""
+    stack = [
+        Middleware(MetricsMiddleware),
+        Middleware(RequestContextMiddleware, access_log=settings.access_log),
+        Middleware(SecurityHeadersMiddleware, hsts=settings.is_prod),
+    ]
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "X-API-Key",
+                    "X-Request-ID",
+                    "Idempotency-Key",
+                    "If-Match",
+                    "Last-Event-ID",
+                ],
+                expose_headers=[
+                    "X-Request-ID",
+                    "ETag",
+                    "Retry-After",
+                    "RateLimit",
+                    "RateLimit-Policy",
+                    "Location",
+                ],
+                allow_credentials=False,
+                max_age=600,
+            )
+        )
+    stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes))
+    return stack
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; raises ConfigError when the settings are unsafe to run."""
+    settings = settings or get_settings()
+    settings.check_production()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = Resources.open(settings)
+        app.state.resources = resources
+        log.info("app.started", environment=settings.environment.value, version=__version__)
+        try:
+            yield
+        finally:
+            await resources.close()
+            log.info("app.stopped")
+
+    app = FastAPI(
+        title=settings.app_name,
+        version=__version__,
+        summary="Accounts, todos, a streaming assistant, knowledge search and background jobs.",
+        lifespan=lifespan,
+        middleware=_middleware(settings),
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+    )
+    errors.install_handlers(app)
+    app.include_router(health.router)
+    return app
+
+
+def _module_app() -> FastAPI:
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json=settings.json_logs)
+    try:
+        return create_app(settings)
+    except ConfigError as exc:
+        # One line on stderr and a non-zero exit, under uvicorn and gunicorn alike.
+        raise SystemExit(f"steward: refusing to start: {exc}") from None
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `steward.app:app` for uvicorn/gunicorn, built on first access so that importing
+    # `create_app` (tests, tools) never reads the process environment.
+    if name == "app":
+        application = _module_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

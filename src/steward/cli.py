@@ -1,0 +1,264 @@
+"""The `steward` command: run everything, or one part (api, worker, beat), migrate, manage users."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from steward.settings import ConfigError, Settings, get_settings
+
+cli = typer.Typer(
+    help="Steward: a production backend for mobile apps and AI agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+# How long children get to finish in-flight work after SIGTERM before they are killed.
+STOP_GRACE_S = 20.0
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        settings = get_settings()
+        settings.check_production()
+    except ConfigError as exc:
+        console.print(f"[red]steward: refusing to start:[/red] {exc}")
+        raise typer.Exit(3) from None
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        console.print(f"[red]steward: invalid settings:[/red] {' '.join(first[:3])}")
+        raise typer.Exit(3) from None
+    return settings
+
+
+def _configure_logs(settings: Settings) -> None:
+    from steward.platform.logging import configure_logging
+
+    configure_logging(level=settings.log_level, json=settings.json_logs)
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        # Own process group: the terminal's Ctrl-C reaches only the supervisor, which then
+        # stops children in order (API first, engines last) and can kill whole groups.
+        self.process = subprocess.Popen(self.argv, env=env, start_new_session=True)  # noqa: S603
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def wait(self, deadline: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            console.print(f"[yellow]{self.name} did not stop in time; killing it[/yellow]")
+        # The group may hold grandchildren (Celery's pool) even when the leader has exited.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@dataclass
+class _Supervisor:
+    children: list[_Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        console.print(f"[bold]{signal.Signals(signum).name} received; stopping…[/bold]")
+
+    def exited(self) -> _Child | None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                return child
+        return None
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            child.wait(deadline)
+
+
+@cli.command()
+def run(
+    host: Annotated[str | None, typer.Option(envvar="HOST", help="API bind address")] = None,
+    port: Annotated[int | None, typer.Option(envvar="PORT", help="API port")] = None,
+    worker: Annotated[bool, typer.Option(help="Start the Celery worker")] = True,
+    beat: Annotated[bool, typer.Option(help="Start the Celery beat scheduler")] = True,
+) -> None:
+    """Start everything: embedded engines (when no URLs are set), migrations, API, worker, beat."""
+    settings = _settings_or_exit()
+    _configure_logs(settings)
+    host = host or settings.host
+    port = port or settings.port
+
+    supervisor = _Supervisor()
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+
+    from steward.engines import EmbeddedEngines, EngineError
+
+    engines: EmbeddedEngines | None = None
+    env = dict(os.environ)
+    try:
+        if not settings.database_url or not settings.redis_url:
+            engines = EmbeddedEngines(settings.data_dir)
+            started = time.monotonic()
+            with console.status(f"starting embedded engines in {engines.data_dir}"):
+                urls = engines.start()
+            console.print(
+                f"engines ready in {time.monotonic() - started:.1f}s "
+                f"(PostgreSQL + pgvector, Valkey) under {engines.data_dir}"
+            )
+            env.setdefault("DATABASE_URL", settings.database_url or urls.database_url)
+            env.setdefault("REDIS_URL", settings.redis_url or urls.redis_url)
+        database_url = env["DATABASE_URL"]
+
+        from steward.platform import migrations
+
+        with console.status("applying migrations"):
+            migrations.upgrade(database_url)
+
+        python = sys.executable
+        supervisor.children.append(
+            _Child("api", [python, "-m", "steward", "api", "--host", host, "--port", str(port)])
+        )
+        if worker:
+            supervisor.children.append(_Child("worker", [python, "-m", "steward", "worker"]))
+        if beat:
+            supervisor.children.append(_Child("beat", [python, "-m", "steward", "beat"]))
+        if supervisor.stopping:
+            return
+        for child in supervisor.children:
+            child.start(env)
+
+        base = f"http://{host}:{port}"
+        console.print(
+            f"\n[bold green]Steward is starting[/bold green] at {base}\n"
+            f"  docs     {base}/docs\n"
+            f"  health   {base}/health   ready {base}/ready\n"
+            f"  metrics  {base}/metrics\n"
+            "Ctrl-C stops everything.\n"
+        )
+        while not supervisor.stopping:
+            gone = supervisor.exited()
+            if gone is not None:
+                assert gone.process is not None
+                console.print(
+                    f"[red]{gone.name} exited with code {gone.process.returncode}; "
+                    "stopping the rest[/red]"
+                )
+                supervisor.stopping = True
+                supervisor.stop_all()
+                raise typer.Exit(1)
+            time.sleep(0.2)
+    except EngineError as exc:
+        console.print(f"[red]steward: {exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        supervisor.stop_all()
+        if engines is not None:
+            engines.stop()
+        console.print("stopped.")
+
+
+@cli.command()
+def api(
+    host: Annotated[str | None, typer.Option(envvar="HOST")] = None,
+    port: Annotated[int | None, typer.Option(envvar="PORT")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn (production: gunicorn -c deploy/gunicorn.conf.py)."""
+    settings = _settings_or_exit()
+    try:
+        settings.require_engines()
+    except ConfigError as exc:
+        console.print(f"[red]steward: {exc}[/red]")
+        raise typer.Exit(3) from None
+    _configure_logs(settings)
+    import uvicorn
+
+    from steward.platform.logging import uvicorn_log_config
+
+    uvicorn.run(
+        "steward.app:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_config=uvicorn_log_config(),
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(STOP_GRACE_S) - 5,
+    )
+
+
+def _celery(args: list[str]) -> None:
+    settings = _settings_or_exit()
+    try:
+        settings.require_engines()
+    except ConfigError as exc:
+        console.print(f"[red]steward: {exc}[/red]")
+        raise typer.Exit(3) from None
+    from steward.jobs import app as celery_app
+
+    celery_app.start(args)
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+) -> None:
+    """Run a Celery worker."""
+    _celery(["worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "-n", "steward@%h"])
+
+
+@cli.command()
+def beat() -> None:
+    """Run the Celery beat scheduler (RedBeat: only one is active at a time)."""
+    _celery(["beat", "--loglevel", "INFO"])
+
+
+@cli.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+) -> None:
+    """Apply database migrations (to `head` by default)."""
+    settings = _settings_or_exit()
+    _configure_logs(settings)
+    from steward.platform import migrations
+
+    try:
+        database_url, _ = settings.require_engines()
+    except ConfigError as exc:
+        console.print(f"[red]steward: {exc}[/red]")
+        raise typer.Exit(3) from None
+    migrations.upgrade(database_url, revision)
+    console.print(f"database at {revision}")
+
+
+def main() -> None:
+    cli()

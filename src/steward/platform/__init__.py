@@ -1,0 +1,1 @@
+"""Cross-cutting infrastructure: database, Redis, errors, logs, metrics, middleware, health."""

@@ -1,0 +1,40 @@
+"""FastAPI dependencies for platform resources, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis as _Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from steward.platform.db import session_scope
+from steward.platform.resources import Resources
+from steward.settings import Settings as _Settings
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+def get_settings(request: Request) -> _Settings:
+    return get_resources(request).settings
+
+
+def get_redis(request: Request) -> _Redis:
+    return get_resources(request).redis
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session and transaction per request, committed before the response is sent."""
+    async with session_scope(get_resources(request).sessionmaker) as session:
+        yield session
+
+
+Settings = Annotated[_Settings, Depends(get_settings)]
+Redis = Annotated[_Redis, Depends(get_redis)]
+# scope="function": commit (or roll back) as soon as the endpoint returns, so a failed
+# commit becomes an error response instead of a 2xx for data that was never saved.
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

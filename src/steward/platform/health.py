@@ -1,0 +1,106 @@
+"""Service endpoints: liveness, readiness (PostgreSQL, Redis, broker) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import anyio
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from steward.platform import db
+from steward.platform.deps import get_resources
+from steward.platform.errors import problem_response
+from steward.platform.metrics import render_metrics
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(tags=["service"])
+
+
+class HealthRead(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyRead(BaseModel):
+    status: Literal["ok"] = "ok"
+    checks: dict[str, Literal["ok", "fail"]]
+
+
+_HEALTHY = HealthRead()
+
+
+@router.get("/health", summary="Liveness: the process answers (anyone)")
+async def health() -> HealthRead:
+    return _HEALTHY
+
+
+async def _check_broker(url: str, limit_s: float) -> None:
+    if url.startswith(("redis://", "rediss://", "unix://", "valkey://")):
+        client = Redis.from_url(url, socket_timeout=limit_s, socket_connect_timeout=limit_s)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+        return
+
+    def connect() -> None:
+        from kombu import Connection
+
+        with Connection(url, connect_timeout=limit_s) as conn:
+            conn.ensure_connection(max_retries=1, timeout=max(1, int(limit_s)))
+
+    await anyio.to_thread.run_sync(connect)
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: PostgreSQL, Redis and the broker answer (anyone)",
+    response_model=ReadyRead,
+    responses={503: {"description": "a dependency failed; the problem names it"}},
+)
+async def ready(request: Request) -> ReadyRead | Response:
+    resources = get_resources(request)
+    settings = resources.settings
+    timeout = settings.readiness_timeout_s
+    checks: dict[str, Callable[[], Awaitable[Any]]] = {
+        "postgres": lambda: db.ping(resources.engine),
+        "redis": resources.redis.ping,
+    }
+    broker = settings.broker_url
+    if broker and broker != settings.redis_url:
+        checks["broker"] = lambda: _check_broker(broker, timeout)
+
+    async def run(name: str, check: Callable[[], Awaitable[Any]]) -> tuple[str, str | None]:
+        try:
+            await asyncio.wait_for(check(), timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            log.warning("ready.check_failed", check=name, error=type(exc).__name__)
+            return name, f"{type(exc).__name__}"
+        return name, None
+
+    results = dict(await asyncio.gather(*(run(n, c) for n, c in checks.items())))
+    failed = sorted(name for name, error in results.items() if error)
+    status: dict[str, Literal["ok", "fail"]] = {
+        name: "ok" if error is None else "fail" for name, error in results.items()
+    }
+    if failed:
+        return problem_response(
+            request,
+            503,
+            detail=f"not ready: {', '.join(failed)} failed",
+            slug="not-ready",
+            extra={"checks": status},
+        )
+    return ReadyRead(checks=status)
+
+
+@router.get("/metrics", summary="Prometheus metrics (anyone who can reach the port)")
+async def metrics() -> Response:
+    body, content_type = render_metrics()
+    return Response(body, media_type=content_type)

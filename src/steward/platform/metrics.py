@@ -1,0 +1,91 @@
+"""Prometheus metrics: HTTP instruments, their ASGI middleware and the `/metrics` exposition."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from request start to the end of the response body, by route template.",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+HTTP_IN_PROGRESS = Gauge(
+    "http_requests_in_progress",
+    "HTTP requests being served now.",
+    ["method"],
+    multiprocess_mode="livesum",
+)
+UNHANDLED_ERRORS = Counter(
+    "steward_unhandled_errors_total",
+    "Exceptions that reached the top of the stack and became 500 responses.",
+)
+
+UNMATCHED_ROUTE = "<unmatched>"
+# Methods outside this set are folded into one label value so a client cannot mint series.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (`/api/v1/todos/{todo_id}`), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        in_progress = HTTP_IN_PROGRESS.labels(method)
+        in_progress.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            in_progress.dec()
+            route = route_template(scope)
+            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - start)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition body and its content type; aggregates all processes under gunicorn."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,219 @@
+"""Pure ASGI middleware: request context and access log, security headers, body-size limit."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from steward.platform.errors import PROBLEM_CONTENT_TYPE, problem_body, problem_bytes
+from steward.platform.metrics import UNHANDLED_ERRORS, route_template
+
+log = structlog.get_logger("steward.http")
+
+REQUEST_ID_HEADER = b"x-request-id"
+# Incoming ids are echoed into headers and logs: accept only short, plain tokens.
+_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            return value.decode("ascii") if _SANE_REQUEST_ID.match(value) else None
+    return None
+
+
+async def send_problem(send: Send, scope: Scope, status: int, detail: str) -> None:
+    """Answer directly from middleware with a problem body (no router involved)."""
+    state = scope.setdefault("state", {})
+    body = problem_bytes(
+        problem_body(
+            status,
+            detail=detail,
+            instance=scope.get("path", ""),
+            request_id=state.get("request_id"),
+        )
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    """Gives every request an id, binds it to logs, writes the access log, and turns any
+    unhandled exception into one logged 500 problem that leaks nothing.
+
+    Starlette's ServerErrorMiddleware would answer the 500 too, but it re-raises afterwards so
+    the server logs the same traceback again; catching here logs it exactly once.
+    """
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        client = scope.get("client")
+        client_ip = client[0] if client else None
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        start = time.perf_counter()
+        status = 0
+        encoded_id = request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            UNHANDLED_ERRORS.inc()
+            log.exception(
+                "http.unhandled_error",
+                method=scope["method"],
+                route=route_template(scope),
+                path=scope["path"],
+            )
+            if status == 0:
+                await send_problem(
+                    send_with_id, scope, 500, "an unexpected error occurred; quote the request_id"
+                )
+            status = status or 500
+        finally:
+            if self.access_log:
+                log.info(
+                    "http.request",
+                    method=scope["method"],
+                    route=route_template(scope),
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                    client_ip=client_ip,
+                    user_id=state.get("user_id"),
+                )
+
+
+_SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+# The interactive docs load their scripts and styles from a CDN; the strict API policy
+# would blank them, so these pages get the other headers only.
+_DOCS_PATHS = ("/docs", "/redoc", "/playground")
+
+
+class SecurityHeadersMiddleware:
+    """Adds the headers every API response should carry."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = list(_SECURITY_HEADERS)
+        if not scope["path"].startswith(_DOCS_PATHS):
+            extra.append(_API_CSP)
+        if self.hsts:
+            extra.append(_HSTS)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive`; an HTTPException so that FastAPI's body parser re-raises it
+    (it turns any other error while reading into a 400) and the problem handler answers 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is larger than {max_bytes} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with 413, by header or while streaming."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await send_problem(send, scope, 400, "Content-Length is not a number")
+                    return
+                if declared > self.max_bytes:
+                    await send_problem(send, scope, 413, self._detail())
+                    return
+                break
+
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await send_problem(send, scope, 413, self._detail())
+
+    def _detail(self) -> str:
+        return f"the request body is larger than {self.max_bytes} bytes"

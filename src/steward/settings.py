@@ -1,0 +1,147 @@
+"""Configuration: the one place settings are read, from the environment or a `.env` file."""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-secret-change-me-0123456789abcdef"  # noqa: S105 - the refused default
+
+
+class Environment(enum.StrEnum):
+    DEV = "dev"
+    STAGING = "staging"
+    PROD = "prod"
+
+
+class ConfigError(RuntimeError):
+    """Settings that must not be used to start the service; the message is one line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        secrets_dir=None,
+    )
+
+    environment: Environment = Environment.DEV
+    app_name: str = "Steward"
+
+    # Engines. Unset URLs mean "use the embedded engines" (`steward run` only).
+    database_url: str | None = None
+    redis_url: str | None = None
+    celery_broker_url: str | None = None
+    data_dir: Path = Path(".steward")
+
+    # Secrets. `*_FILE` variants let orchestrators mount secrets as files.
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    secret_key_file: Path | None = None
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+    # PostgreSQL pool
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    db_pool_recycle_s: int = Field(default=1800, ge=-1)
+    db_pool_pre_ping: bool = True
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+
+    # Redis pool
+    redis_max_connections: int = Field(default=100, ge=1)
+    redis_socket_timeout_s: float = Field(default=2.0, gt=0)
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+
+    # Observability
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    access_log: bool = True
+    prometheus_multiproc_dir: Path | None = None
+    readiness_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        if self.secret_key_file is not None:
+            self.secret_key = SecretStr(self.secret_key_file.read_text().strip())
+        if self.api_key_file is not None:
+            self.api_key = SecretStr(self.api_key_file.read_text().strip())
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            self.api_key = None
+        return self
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment is Environment.PROD
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format == "auto":
+            return self.environment is not Environment.DEV
+        return self.log_format == "json"
+
+    @property
+    def broker_url(self) -> str | None:
+        """The Celery broker: its own URL, else the Redis one."""
+        return self.celery_broker_url or self.redis_url
+
+    def check_production(self) -> None:
+        """Refuse settings that must never reach production; raise ConfigError with one line."""
+        if not self.is_prod:
+            return
+        secret = self.secret_key.get_secret_value()
+        if secret == DEFAULT_SECRET_KEY:
+            raise ConfigError("SECRET_KEY is the built-in default; set a random one (>= 32 chars)")
+        if len(secret) < 32:
+            raise ConfigError("SECRET_KEY is shorter than 32 characters")
+        missing = [
+            name
+            for name, value in (("DATABASE_URL", self.database_url), ("REDIS_URL", self.redis_url))
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} must be set when ENVIRONMENT=prod")
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
+            raise ConfigError("API_KEY is shorter than 16 characters")
+
+    def require_engines(self) -> tuple[str, str]:
+        """The database and Redis URLs, or a ConfigError saying how to get them."""
+        if not self.database_url or not self.redis_url:
+            raise ConfigError(
+                "DATABASE_URL and REDIS_URL must be set (or start with `steward run`, "
+                "which provides embedded engines)"
+            )
+        return self.database_url, self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings read once per process; tests build their own `Settings(...)` instead."""
+    return Settings()
