@@ -91,7 +91,7 @@ class _Postgres:
             # that handle is stale, and the folder lock already makes us the only user.
             server.ensure_postgres_running()
         self._server = server
-        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        exists = server.psql(_DATABASE_EXISTS_SQL)
         if "(1 row)" not in exists:
             server.psql(f"CREATE DATABASE {DATABASE_NAME};")
         socket_dir = server.get_postmaster_info().socket_dir
