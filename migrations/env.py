@@ -33,7 +33,7 @@ def _run_sync(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
         # Two processes starting at once must not both apply the same migration.
-        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7_270_019)")
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7270019)")
         context.run_migrations()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import structlog
@@ -43,7 +43,9 @@ def _orjson_dumps(obj: Any, default: Any) -> str:
     return orjson.dumps(obj, default=default).decode()
 
 
-def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
+def configure_logging(
+    *, level: str = "INFO", json: bool = False, stream: IO[str] | None = None
+) -> None:
     """Configure structlog and the stdlib root logger once per process."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -74,7 +76,7 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

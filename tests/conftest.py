@@ -1,0 +1,110 @@
+"""Suite-wide fixtures: real PostgreSQL and Redis, a migrated database per session, clean
+state per test, and an app with its lifespan running behind an httpx client."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from steward.app import create_app
+from steward.platform import migrations
+from steward.platform.db import Base, async_url
+from steward.platform.logging import configure_logging
+from steward.settings import Settings
+from tests.engines import EngineSet, provide_engines
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[EngineSet]:
+    with provide_engines() as urls:
+        migrations.upgrade(urls.database_url)
+        yield urls
+
+
+def make_settings(engines: EngineSet, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "dev",
+        "database_url": engines.database_url,
+        "redis_url": engines.redis_url,
+        "log_format": "json",
+        "db_pool_size": 5,
+        "db_max_overflow": 5,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(engines: EngineSet) -> Settings:
+    return make_settings(engines)
+
+
+class LogCapture:
+    """Every log line the process writes, as parsed JSON objects."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
+        return [line for line in lines if name is None or line.get("event") == name]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    configure_logging(level="INFO", json=True, stream=capture.stream)
+    yield capture
+    configure_logging(level="INFO", json=True)
+
+
+async def _reset_state(engines: EngineSet) -> None:
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    if tables:
+        engine = create_async_engine(async_url(engines.database_url))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        finally:
+            await engine.dispose()
+    redis = Redis.from_url(engines.redis_url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
+async def clean_state(engines: EngineSet) -> AsyncIterator[None]:
+    await _reset_state(engines)
+    yield
+
+
+@pytest.fixture
+def app(settings: Settings, clean_state: None, logs: LogCapture) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
+        ) as http,
+    ):
+        yield http

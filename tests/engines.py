@@ -1,0 +1,96 @@
+"""Where the suite's PostgreSQL and Redis come from: the machine's, else embedded ones.
+
+Set STEWARD_TEST_ENGINES=embedded to force the embedded engines, or STEWARD_TEST_DATABASE_URL /
+STEWARD_TEST_REDIS_URL to point the suite at specific servers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import anyio
+
+from steward.engines import EmbeddedEngines
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+SYSTEM_REDIS = "redis://127.0.0.1:6379"
+
+
+@dataclass(frozen=True)
+class EngineSet:
+    database_url: str
+    redis_url: str
+    kind: str
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _admin_url(url: str) -> str:
+    """asyncpg wants a plain postgresql:// URL."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return base + ("?" + query if query else "")
+
+
+async def _create_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(_admin_url(admin_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(_admin_url(admin_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def provide_engines() -> Iterator[EngineSet]:
+    """A fresh database (dropped afterwards) and a Redis database for one test session."""
+    forced = os.environ.get("STEWARD_TEST_ENGINES", "")
+    embedded: EmbeddedEngines | None = None
+    admin_url = os.environ.get("STEWARD_TEST_DATABASE_URL")
+    redis_url = os.environ.get("STEWARD_TEST_REDIS_URL")
+    kind = "external"
+    if forced != "embedded":
+        if admin_url is None and reachable("127.0.0.1", 5432):
+            admin_url, kind = SYSTEM_POSTGRES, "system"
+        if redis_url is None and reachable("127.0.0.1", 6379):
+            # db 9: the suite flushes it, so keep it away from the default db 0.
+            redis_url = SYSTEM_REDIS + "/9"
+    if admin_url is None or redis_url is None:
+        embedded = EmbeddedEngines(ROOT / ".steward-test" / f"engines-{os.getpid()}")
+        urls = embedded.start()
+        admin_url = admin_url or urls.database_url
+        redis_url = redis_url or urls.redis_url
+        kind = "embedded"
+    name = f"steward_test_{uuid.uuid4().hex[:10]}"
+    anyio.run(_create_database, admin_url, name)
+    try:
+        yield EngineSet(_with_database(admin_url, name), redis_url, kind)
+    finally:
+        anyio.run(_drop_database, admin_url, name)
+        if embedded is not None:
+            embedded.stop()

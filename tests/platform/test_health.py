@@ -1,0 +1,85 @@
+"""Liveness and readiness, including a dependency that is down."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+from steward.app import create_app
+from tests.conftest import make_settings
+from tests.engines import EngineSet, reachable
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _get(app_settings: object, path: str) -> httpx.Response:
+    app = create_app(app_settings)  # type: ignore[arg-type]
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://t"
+        ) as http,
+    ):
+        return await http.get(path)
+
+
+async def test_health_is_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_checks_postgres_and_redis(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+
+
+async def test_ready_is_503_naming_redis_when_redis_is_down(
+    engines: EngineSet, clean_state: None
+) -> None:
+    settings = make_settings(
+        engines, redis_url=f"redis://127.0.0.1:{_closed_port()}/0", readiness_timeout_s=1
+    )
+    response = await _get(settings, "/ready")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["checks"] == {"postgres": "ok", "redis": "fail"}
+    assert "redis" in body["detail"] and "postgres" not in body["detail"]
+
+
+async def test_ready_is_503_naming_postgres_when_postgres_is_down(
+    engines: EngineSet, clean_state: None
+) -> None:
+    settings = make_settings(
+        engines,
+        database_url=f"postgresql://postgres@127.0.0.1:{_closed_port()}/x",
+        readiness_timeout_s=1,
+        db_connect_timeout_s=1,
+    )
+    response = await _get(settings, "/ready")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"postgres": "fail", "redis": "ok"}
+
+
+async def test_ready_checks_a_separate_broker(engines: EngineSet, clean_state: None) -> None:
+    down = make_settings(
+        engines,
+        celery_broker_url=f"amqp://guest:guest@127.0.0.1:{_closed_port()}//",
+        readiness_timeout_s=1,
+    )
+    response = await _get(down, "/ready")
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"] == "fail"
+    if reachable("127.0.0.1", 5672):
+        up = make_settings(engines, celery_broker_url="amqp://guest:guest@127.0.0.1:5672//")
+        response = await _get(up, "/ready")
+        assert response.status_code == 200
+        assert response.json()["checks"]["broker"] == "ok"
