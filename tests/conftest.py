@@ -91,7 +91,7 @@ async def _reset_state(engines: EngineSet) -> None:
 @pytest.fixture
 async def clean_state(engines: EngineSet) -> AsyncIterator[None]:
     await _reset_state(engines)
-    yield
+    return
 
 
 @pytest.fixture

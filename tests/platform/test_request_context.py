@@ -76,7 +76,9 @@ async def test_cors_allows_only_configured_origins(engines: EngineSet, clean_sta
         )
         assert allowed.status_code == 200
         assert allowed.headers["access-control-allow-origin"] == "https://b.example"
-        denied = await http.options("/health", headers={"origin": "https://evil.example", **preflight})
+        denied = await http.options(
+            "/health", headers={"origin": "https://evil.example", **preflight}
+        )
         assert denied.status_code == 400
         assert "access-control-allow-origin" not in denied.headers
         simple = await http.get("/health", headers={"origin": "https://app.example"})
