@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -74,6 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = Resources.open(settings)
         app.state.resources = resources
+        # Everything allocated so far lives as long as the process: move it out of the
+        # collector's view so that full collections stay short under load (lower p99).
+        gc.collect()
+        gc.freeze()
         log.info("app.started", environment=settings.environment.value, version=__version__)
         try:
             yield

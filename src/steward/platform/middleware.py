@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Iterable
 
 import structlog
@@ -12,9 +13,20 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steward.platform.errors import PROBLEM_CONTENT_TYPE, problem_body, problem_bytes
+from steward.platform.logging import access_logger
 from steward.platform.metrics import UNHANDLED_ERRORS, route_template
 
 log = structlog.get_logger("steward.http")
+
+# Request ids need to be unique, not secret: a random per-process prefix and a counter cost
+# far less per request than uuid4's system call.
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Incoming ids are echoed into headers and logs: accept only short, plain tokens.
@@ -68,7 +80,7 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope["headers"]) or new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         client = scope.get("client")
@@ -108,7 +120,7 @@ class RequestContextMiddleware:
             status = status or 500
         finally:
             if self.access_log:
-                log.info(
+                access_logger().info(
                     "http.request",
                     method=scope["method"],
                     route=route_template(scope),
@@ -139,17 +151,15 @@ class SecurityHeadersMiddleware:
 
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
-        self.hsts = hsts
+        common = [*_SECURITY_HEADERS, *([_HSTS] if hsts else [])]
+        self._docs_headers = tuple(common)
+        self._api_headers = (*common, _API_CSP)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = list(_SECURITY_HEADERS)
-        if not scope["path"].startswith(_DOCS_PATHS):
-            extra.append(_API_CSP)
-        if self.hsts:
-            extra.append(_HSTS)
+        extra = self._docs_headers if scope["path"].startswith(_DOCS_PATHS) else self._api_headers
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,0 +1,1 @@
+"""Load benchmarks for Steward (`make bench`)."""

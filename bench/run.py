@@ -1,0 +1,252 @@
+"""`make bench`: serve Steward and the bare baselines side by side, load each with wrk, and
+write bench/RESULTS.md with medians and ratios from this one run.
+
+Each server is one uvicorn worker; wrk runs in its own process. Rounds are interleaved so
+that noise from the shared machine lands on every target alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+PYTHON = sys.executable
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+@dataclass
+class Scenario:
+    name: str
+    server: str
+    path: str
+    connections: int
+    headers: dict[str, str] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.results)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serve(server: Server) -> Iterator[Server]:
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = (OUT / f"{server.name}.log").open("wb")
+    server.process = subprocess.Popen(
+        server.argv, env=server.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(server.base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{server.name} did not start; see {log.name}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+        log.close()
+
+
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * _UNIT[unit]
+
+
+def wrk(url: str, *, connections: int, duration: int, headers: dict[str, str]) -> Result:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(g) for g in match.groups())
+    return Result(rps=rps, p50_ms=p50, p99_ms=p99, errors=errors, requests=total)
+
+
+def uvicorn_argv(target: str, port: int) -> list[str]:
+    return [
+        PYTHON, "-m", "uvicorn", target, "--port", str(port), "--workers", "1",
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (make bench installs it)")
+
+    from tests.engines import provide_engines
+
+    with provide_engines() as engines:
+        from steward.platform import migrations
+
+        migrations.upgrade(engines.database_url)
+        base_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        steward_env = {
+            **base_env,
+            "DATABASE_URL": engines.database_url,
+            "REDIS_URL": engines.redis_url,
+            "ENVIRONMENT": "prod",
+            "SECRET_KEY": "bench-" + "x" * 40,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+        }
+        servers = {
+            "raw-asgi": Server("raw-asgi", [], base_env, free_port()),
+            "bare-fastapi": Server("bare-fastapi", [], base_env, free_port()),
+            "steward": Server("steward", [], steward_env, free_port()),
+        }
+        servers["raw-asgi"].argv = uvicorn_argv(
+            "bench.baselines:raw_asgi", servers["raw-asgi"].port
+        )
+        servers["bare-fastapi"].argv = uvicorn_argv(
+            "bench.baselines:bare_fastapi", servers["bare-fastapi"].port
+        )
+        servers["steward"].argv = [
+            PYTHON, "-m", "steward", "api", "--port", str(servers["steward"].port),
+        ]  # fmt: skip
+
+        scenarios = [
+            Scenario("raw ASGI /health", "raw-asgi", "/health", 50),
+            Scenario("bare FastAPI /health", "bare-fastapi", "/health", 50),
+            Scenario("Steward /health (all middleware, access log on)", "steward", "/health", 50),
+        ]
+        with serve(servers["raw-asgi"]), serve(servers["bare-fastapi"]), serve(servers["steward"]):
+            for scenario in scenarios:  # warm-up
+                wrk(servers[scenario.server].base + scenario.path, connections=scenario.connections,
+                    duration=2, headers=scenario.headers)  # fmt: skip
+            for round_no in range(args.rounds):
+                for scenario in scenarios:
+                    result = wrk(
+                        servers[scenario.server].base + scenario.path,
+                        connections=scenario.connections,
+                        duration=args.duration,
+                        headers=scenario.headers,
+                    )
+                    scenario.results.append(result)
+                    print(
+                        f"round {round_no + 1} {scenario.name}: {result.rps:.0f} req/s "
+                        f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms "
+                        f"errors {result.errors}",
+                        flush=True,
+                    )
+        write_results(scenarios, args, engines.kind)
+
+
+def write_results(scenarios: list[Scenario], args: argparse.Namespace, engines: str) -> None:
+    raw = next(s for s in scenarios if s.server == "raw-asgi").median("rps")
+    bare = next(s for s in scenarios if s.server == "bare-fastapi").median("rps")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (`python -m bench.run --duration {args.duration} "
+        f"--rounds {args.rounds}`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
+        f"{os.cpu_count()} shared cores; engines: {engines}.",
+        "",
+        "Each server is one uvicorn worker (uvloop + httptools); load is "
+        "`wrk -t1 -c<connections> -d<duration>s --latency`, rounds interleaved across "
+        "targets. Figures are medians over the rounds; ratios compare medians from this run.",
+        "",
+        "| scenario | conns | req/s | p50 ms | p99 ms | errors | vs bare FastAPI | vs raw ASGI |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in scenarios:
+        errors = sum(r.errors for r in s.results)
+        rps = s.median("rps")
+        lines.append(
+            f"| {s.name} | {s.connections} | {rps:,.0f} | {s.median('p50_ms'):.2f} | "
+            f"{s.median('p99_ms'):.2f} | {errors} | {rps / bare:.2f} | {rps / raw:.2f} |"
+        )
+    lines += [
+        "",
+        "Per-round figures:",
+        "",
+        "```",
+        *(
+            f"{s.name}: " + ", ".join(f"{r.rps:.0f} req/s p99 {r.p99_ms:.1f} ms" for r in s.results)
+            for s in scenarios
+        ),
+        "```",
+        "",
+        "Servers:",
+        "",
+        "- raw ASGI: `python -m uvicorn bench.baselines:raw_asgi --workers 1 --no-access-log`",
+        "- bare FastAPI: `python -m uvicorn bench.baselines:bare_fastapi --workers 1 "
+        "--no-access-log`",
+        "- Steward: `steward api` with ENVIRONMENT=prod, JSON logs at INFO (access log on, "
+        "written to a file), metrics, request id, security headers, body limit",
+        "",
+    ]
+    RESULTS.write_text("\n".join(lines))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
