@@ -122,6 +122,7 @@ class RequestContextMiddleware:
             if self.access_log:
                 access_logger().info(
                     "http.request",
+                    request_id=request_id,
                     method=scope["method"],
                     route=route_template(scope),
                     path=scope["path"],

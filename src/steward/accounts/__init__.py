@@ -1,0 +1,1 @@
+"""Accounts: users, roles and scopes, sessions and refresh tokens, API keys, admin."""

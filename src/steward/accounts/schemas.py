@@ -1,0 +1,149 @@
+"""Request and response shapes of the accounts API, one per operation."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    SecretStr,
+    model_validator,
+)
+
+from steward.accounts.scopes import ALL_SCOPES, Role
+
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 256
+
+
+def normalise_email(value: str) -> str:
+    return value.strip().lower()
+
+
+def check_password_policy(password: str, email: str | None = None) -> None:
+    """Raise ValueError with a message a user can act on."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if password.isdigit():
+        raise ValueError("password must not be only digits")
+    if password.isalpha():
+        raise ValueError("password must not be only letters")
+    if email is not None and password.strip().lower() == normalise_email(email):
+        raise ValueError("password must not be the email address")
+
+
+Email = Annotated[EmailStr, AfterValidator(normalise_email)]
+Password = Annotated[SecretStr, Field(max_length=MAX_PASSWORD_LENGTH)]
+DisplayName = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class UserCreate(BaseModel):
+    """Sign-up. Anything else in the body (role, is_active, id...) is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    email: Email
+    password: Password
+    display_name: DisplayName | None = None
+
+    @model_validator(mode="after")
+    def _password_policy(self) -> UserCreate:
+        check_password_policy(self.password.get_secret_value(), self.email)
+        return self
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    display_name: str | None
+    role: Role
+    is_active: bool
+    created_at: datetime
+
+
+class UserUpdate(BaseModel):
+    """Own profile: display name, and a password change that needs the current password."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    display_name: DisplayName | None = None
+    current_password: Password | None = None
+    new_password: Password | None = None
+
+    @model_validator(mode="after")
+    def _password_change(self) -> UserUpdate:
+        if self.new_password is not None:
+            if self.current_password is None:
+                raise ValueError("current_password is required to set new_password")
+            check_password_policy(self.new_password.get_secret_value())
+        return self
+
+
+class AdminUserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    is_active: bool | None = None
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="seconds until the access token expires")
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+ScopeName = Literal[
+    "todos:read", "todos:write", "assistant", "knowledge:read", "knowledge:write", "admin"
+]
+assert set(ScopeName.__args__) == ALL_SCOPES  # type: ignore[attr-defined]
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    scopes: Annotated[list[ScopeName], Field(min_length=1, max_length=len(ALL_SCOPES))]
+    expires_at: datetime | None = Field(default=None, description="timezone-aware, future")
+
+    @model_validator(mode="after")
+    def _future_aware_expiry(self) -> ApiKeyCreate:
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at must include a timezone")
+        return self
+
+
+class ApiKeyRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(BaseModel):
+    """Returned once, at creation: the only time the secret is ever shown."""
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    expires_at: datetime | None
+    secret: str

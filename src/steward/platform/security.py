@@ -1,0 +1,123 @@
+"""Credentials: argon2 password hashes, signed JWT access tokens, and opaque secrets
+(refresh tokens, API keys) stored only as keyed hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio.to_thread
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+ALGORITHM = "HS256"
+
+_password_hash = PasswordHash((Argon2Hasher(),))
+# Verifying against this when an account does not exist makes "no such user" cost the same
+# time as "wrong password", so response timing does not reveal which emails are registered.
+_DUMMY_HASH = _password_hash.hash("steward-timing-equaliser")
+
+
+async def hash_password(password: str) -> str:
+    """argon2id; runs in a worker thread (tens of ms of CPU must not block the loop)."""
+    return await anyio.to_thread.run_sync(_password_hash.hash, password)
+
+
+async def verify_password(password: str, password_hash: str | None) -> bool:
+    """True when `password` matches; with no hash, spends the same time and returns False."""
+
+    def verify() -> bool:
+        if password_hash is None:
+            _password_hash.verify(password, _DUMMY_HASH)
+            return False
+        return _password_hash.verify(password, password_hash)
+
+    return await anyio.to_thread.run_sync(verify)
+
+
+def new_secret(prefix: str, nbytes: int = 32) -> str:
+    """A URL-safe random secret with a recognisable prefix (`stw_rt_...`, `stw_key_...`)."""
+    return f"{prefix}{secrets.token_urlsafe(nbytes)}"
+
+
+def secret_digest(secret: str, *, key: str) -> str:
+    """HMAC-SHA256 of a high-entropy secret: fast to check, useless to a database thief
+    without the server key. (Slow hashes are for low-entropy passwords only.)"""
+    return hmac.new(key.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+class InvalidToken(Exception):
+    """The bearer token is malformed, tampered with, expired or not for us."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    subject: uuid.UUID
+    session_id: uuid.UUID
+    scopes: frozenset[str]
+    role: str
+    token_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCodec:
+    """Issues and checks access tokens with the algorithm, issuer and audience pinned."""
+
+    key: str
+    issuer: str
+    audience: str
+    lifetime: timedelta
+
+    def issue(
+        self,
+        *,
+        subject: uuid.UUID,
+        session_id: uuid.UUID,
+        scopes: frozenset[str],
+        role: str,
+        now: datetime | None = None,
+    ) -> tuple[str, datetime]:
+        issued = now or datetime.now(UTC)
+        expires = issued + self.lifetime
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": str(subject),
+            "sid": str(session_id),
+            "jti": uuid.uuid4().hex,
+            "iat": issued,
+            "nbf": issued,
+            "exp": expires,
+            "scope": " ".join(sorted(scopes)),
+            "role": role,
+        }
+        return jwt.encode(claims, self.key, algorithm=ALGORITHM), expires
+
+    def decode(self, token: str) -> AccessClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=[ALGORITHM],
+                issuer=self.issuer,
+                audience=self.audience,
+                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
+                leeway=10,
+            )
+            return AccessClaims(
+                subject=uuid.UUID(claims["sub"]),
+                session_id=uuid.UUID(claims["sid"]),
+                scopes=frozenset(str(claims.get("scope", "")).split()),
+                role=str(claims.get("role", "user")),
+                token_id=str(claims["jti"]),
+                expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            )
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
+            raise InvalidToken(type(exc).__name__) from None
