@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
+from steward.accounts import router as accounts_router
 from steward.platform import errors, health
 from steward.platform.logging import configure_logging
 from steward.platform.metrics import MetricsMiddleware
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install_handlers(app)
     app.include_router(health.router)
+    for router in accounts_router.routers:
+        app.include_router(router, prefix=API_PREFIX)
     return app
 
 

@@ -260,5 +260,68 @@ def migrate(
     console.print(f"database at {revision}")
 
 
+user_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+cli.add_typer(user_cli, name="user")
+
+
+@user_cli.command("create")
+def create_user(
+    email: Annotated[str, typer.Option(help="the account's email")],
+    admin: Annotated[bool, typer.Option("--admin", help="give the account the admin role")] = False,
+    display_name: Annotated[str | None, typer.Option()] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(envvar="STEWARD_PASSWORD", help="prompted for when not given"),
+    ] = None,
+) -> None:
+    """Create a user (use --admin for the first administrator)."""
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from steward.accounts.schemas import UserCreate
+
+    settings = _settings_or_exit()
+    try:
+        settings.require_engines()
+    except ConfigError as exc:
+        console.print(f"[red]steward: {exc}[/red]")
+        raise typer.Exit(3) from None
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        user_in = UserCreate(email=email, password=password, display_name=display_name)
+    except ValidationError as exc:
+        console.print(f"[red]{exc.errors()[0]['msg']}[/red]")
+        raise typer.Exit(2) from None
+    from steward.platform.errors import Conflict
+
+    try:
+        user_id = asyncio.run(_create_user(settings, user_in, admin=admin))
+    except Conflict as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"created {'admin' if admin else 'user'} {user_in.email} ({user_id})")
+
+
+async def _create_user(settings: Settings, user_in: object, *, admin: bool) -> str:
+    from steward.accounts import service
+    from steward.accounts.schemas import UserCreate
+    from steward.accounts.scopes import Role
+    from steward.platform.db import session_scope
+    from steward.platform.resources import Resources
+
+    assert isinstance(user_in, UserCreate)
+    resources = Resources.open(settings)
+    try:
+        async with session_scope(resources.sessionmaker) as session:
+            user = await service.create(
+                session, user_in=user_in, role=Role.ADMIN if admin else Role.USER
+            )
+            return str(user.id)
+    finally:
+        await resources.close()
+
+
 def main() -> None:
     cli()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ARRAY, ForeignKey, Index, String, text
+from sqlalchemy import ARRAY, CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from steward.platform.db import Base, TimestampedMixin, new_id
@@ -20,6 +20,8 @@ class User(TimestampedMixin, Base):
     display_name: Mapped[str | None] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(16), server_default="user")
     is_active: Mapped[bool] = mapped_column(server_default=text("true"))
+
+    __table_args__ = (CheckConstraint("role IN ('user', 'admin')", name="role"),)
 
 
 class Session(Base):

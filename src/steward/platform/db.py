@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Final
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from steward.platform.errors import StewardError
 from steward.settings import Settings
 
 # Constraint names are part of the schema: stable names make migrations reviewable.
@@ -77,22 +78,37 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+AfterCommit = Callable[[AsyncSession], Awaitable[None]]
+
+
 @asynccontextmanager
 async def session_scope(
     sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    after_commit: AfterCommit | None = None,
 ) -> AsyncIterator[AsyncSession]:
     """One transaction: commit when the block succeeds, roll back when it raises.
 
-    Services only `flush()`; this is the one place a unit of work is committed.
+    Services only `flush()`; this is the one place a unit of work is committed. Work that
+    must happen only once the data is durable (events, job enqueues) is queued on the
+    session and run by `after_commit`; a rollback drops it.
     """
     async with sessionmaker() as session:
         try:
             yield session
+        except StewardError as exc:
+            if exc.keeps_changes:
+                await session.commit()
+            else:
+                await session.rollback()
+            raise
         except BaseException:
             await session.rollback()
             raise
         else:
             await session.commit()
+            if after_commit is not None:
+                await after_commit(session)
 
 
 async def ping(engine: AsyncEngine) -> None:

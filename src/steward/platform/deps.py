@@ -10,6 +10,7 @@ from redis.asyncio import Redis as _Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.platform.db import session_scope
+from steward.platform.pubsub import flush_pending
 from steward.platform.resources import Resources
 from steward.settings import Settings as _Settings
 
@@ -28,8 +29,14 @@ def get_redis(request: Request) -> _Redis:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session and transaction per request, committed before the response is sent."""
-    async with session_scope(get_resources(request).sessionmaker) as session:
+    """One session and transaction per request, committed before the response is sent;
+    events queued during it are published once it has committed."""
+    resources = get_resources(request)
+
+    async def publish(session: AsyncSession) -> None:
+        await flush_pending(session, resources.redis)
+
+    async with session_scope(resources.sessionmaker, after_commit=publish) as session:
         yield session
 
 

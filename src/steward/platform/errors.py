@@ -14,6 +14,8 @@
     └── ServiceUnavailable       503 a dependency is down
 
 Services raise these; routers never catch them; `install_handlers` maps them in one place.
+An error raised inside a request rolls its transaction back, unless its class sets
+`keeps_changes` (for example: a reused refresh token revokes its session, then answers 401).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class StewardError(Exception):
 
     status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal-error"
+    keeps_changes: ClassVar[bool] = False
 
     def __init__(
         self,

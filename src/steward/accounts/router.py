@@ -1,0 +1,165 @@
+"""HTTP endpoints of the accounts domain: auth, own profile, API keys, admin."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from steward.accounts import service
+from steward.accounts.deps import (
+    Admin,
+    CurrentPrincipal,
+    CurrentUser,
+    ManagedUser,
+    Policy,
+    SessionUser,
+)
+from steward.accounts.models import User
+from steward.accounts.schemas import (
+    AdminUserUpdate,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyRead,
+    RefreshRequest,
+    TokenPair,
+    UserCreate,
+    UserRead,
+    UserUpdate,
+)
+from steward.platform.deps import Session
+from steward.platform.errors import Forbidden
+from steward.platform.pagination import Cursor, Limit, Page
+
+auth = APIRouter(prefix="/auth", tags=["auth"])
+users = APIRouter(prefix="/users", tags=["users"])
+api_keys = APIRouter(prefix="/api-keys", tags=["api-keys"])
+admin = APIRouter(prefix="/admin", tags=["admin"])
+
+_401: dict[int | str, dict[str, Any]] = {401: {"description": "missing or invalid credentials"}}
+_403: dict[int | str, dict[str, Any]] = {403: {"description": "authenticated, but not allowed"}}
+
+
+@auth.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an account (anyone)",
+    responses={409: {"description": "email already registered"}},
+)
+async def register(user_in: UserCreate, session: Session) -> UserRead:
+    return UserRead.model_validate(await service.create(session, user_in=user_in))
+
+
+@auth.post("/token", summary="Sign in with email and password (anyone)", responses=_401)
+async def token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: Session, policy: Policy
+) -> TokenPair:
+    user = await service.authenticate(session, email=form.username, password=form.password)
+    return await service.login(session, user=user, policy=policy)
+
+
+@auth.post(
+    "/refresh",
+    summary="Rotate a refresh token (holder of the refresh token)",
+    responses=_401,
+)
+async def refresh(body: RefreshRequest, session: Session, policy: Policy) -> TokenPair:
+    return await service.refresh(session, token=body.refresh_token, policy=policy)
+
+
+@auth.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke the session of a refresh token (holder of the refresh token)",
+)
+async def logout(body: RefreshRequest, session: Session, policy: Policy) -> Response:
+    await service.logout(session, token=body.refresh_token, policy=policy)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@users.get("/me", summary="Own profile (any user)", responses=_401)
+async def read_me(user: CurrentUser) -> UserRead:
+    return UserRead.model_validate(user)
+
+
+@users.patch(
+    "/me",
+    summary="Change own display name or password (signed-in user)",
+    responses={**_401, **_403},
+)
+async def update_me(
+    change: UserUpdate, principal: CurrentPrincipal, user: CurrentUser, session: Session
+) -> UserRead:
+    if change.new_password is not None and principal.session_id is None:
+        raise Forbidden("changing the password needs a signed-in session, not an API key")
+    updated = await service.update_me(
+        session, user=user, change=change, current_session=principal.session_id
+    )
+    return UserRead.model_validate(updated)
+
+
+@api_keys.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an API key; the secret is shown once (signed-in user)",
+    responses={**_401, **_403},
+)
+async def create_api_key(
+    key_in: ApiKeyCreate,
+    user: SessionUser,
+    principal: CurrentPrincipal,
+    session: Session,
+    policy: Policy,
+) -> ApiKeyCreated:
+    return await service.create_api_key(
+        session,
+        user=user,
+        key_in=key_in,
+        allowed_scopes=principal.scopes,
+        digest_key=policy.digest_key,
+    )
+
+
+@api_keys.get("", summary="List own API keys (any user)", responses=_401)
+async def list_api_keys(user: CurrentUser, session: Session) -> Page[ApiKeyRead]:
+    keys = await service.list_api_keys(session, user_id=user.id)
+    return Page(items=[ApiKeyRead.model_validate(k) for k in keys], next_cursor=None)
+
+
+@api_keys.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke an own API key (signed-in user)",
+    responses={**_401, 404: {"description": "no such key of yours"}},
+)
+async def revoke_api_key(key_id: uuid.UUID, user: SessionUser, session: Session) -> Response:
+    key = await service.get_api_key(session, user_id=user.id, key_id=key_id)
+    await service.revoke_api_key(session, key=key)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@admin.get("/users", summary="List users (admin)", responses={**_401, **_403})
+async def list_users(
+    _: Admin, session: Session, limit: Limit = 50, cursor: Cursor = None
+) -> Page[UserRead]:
+    found, next_cursor = await service.list_users(session, limit=limit, cursor=cursor)
+    return Page(items=[UserRead.model_validate(u) for u in found], next_cursor=next_cursor)
+
+
+@admin.patch(
+    "/users/{user_id}",
+    summary="Change a user's role or active flag (admin)",
+    responses={**_401, **_403, 404: {"description": "no such user"}},
+)
+async def update_user(
+    change: AdminUserUpdate, user: ManagedUser, principal: Admin, session: Session
+) -> UserRead:
+    updated: User = await service.admin_update(
+        session, user=user, change=change, admin_id=principal.user_id
+    )
+    return UserRead.model_validate(updated)
+
+
+routers = (auth, users, api_keys, admin)

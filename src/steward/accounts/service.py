@@ -1,0 +1,369 @@
+"""Accounts rules: sign-up, sign-in, token rotation with reuse detection, API keys, admin."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from steward.accounts.models import ApiKey, RefreshToken, Session, User
+from steward.accounts.schemas import (
+    AdminUserUpdate,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    TokenPair,
+    UserCreate,
+    UserUpdate,
+)
+from steward.accounts.scopes import Role, scopes_for
+from steward.platform import security
+from steward.platform.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    UnprocessableContent,
+)
+from steward.platform.pagination import decode_cursor, encode_cursor
+
+log = structlog.get_logger(__name__)
+
+REFRESH_PREFIX = "stw_rt_"
+API_KEY_PREFIX = "stw_key_"
+_API_KEY_VISIBLE = 16  # characters of the secret kept in clear as its `prefix`
+
+
+class InvalidCredentials(Unauthorized):
+    slug = "invalid-credentials"
+
+
+class RefreshTokenReused(Unauthorized):
+    """A spent refresh token came back: its whole session is revoked, and that must stick."""
+
+    slug = "refresh-token-reused"
+    keeps_changes = True
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    codec: security.TokenCodec
+    refresh_ttl: timedelta
+    digest_key: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+async def get_by_email(session: AsyncSession, email: str) -> User | None:
+    result = await session.execute(select(User).where(User.email == email))
+    return result.scalar_one_or_none()
+
+
+async def get(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def create(session: AsyncSession, *, user_in: UserCreate, role: Role = Role.USER) -> User:
+    password_hash = await security.hash_password(user_in.password.get_secret_value())
+    user = User(
+        email=user_in.email,
+        password_hash=password_hash,
+        display_name=user_in.display_name,
+        role=role.value,
+        is_active=True,
+    )
+    session.add(user)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise Conflict("an account with this email already exists") from None
+    log.info("user.created", user_id=str(user.id), role=user.role)
+    return user
+
+
+async def update_me(
+    session: AsyncSession, *, user: User, change: UserUpdate, current_session: uuid.UUID | None
+) -> User:
+    if change.display_name is not None:
+        user.display_name = change.display_name
+    if change.new_password is not None:
+        assert change.current_password is not None
+        if not await security.verify_password(
+            change.current_password.get_secret_value(), user.password_hash
+        ):
+            raise UnprocessableContent(
+                "current_password is incorrect",
+                errors=[
+                    {"loc": ["body", "current_password"], "msg": "incorrect", "type": "password"}
+                ],
+            )
+        user.password_hash = await security.hash_password(change.new_password.get_secret_value())
+        revoked = await revoke_sessions(
+            session, user_id=user.id, keep=current_session, reason="password_changed"
+        )
+        log.info("user.password_changed", user_id=str(user.id), sessions_revoked=revoked)
+    user.updated_at = _now()
+    await session.flush()
+    return user
+
+
+async def list_users(
+    session: AsyncSession, *, limit: int, cursor: str | None
+) -> tuple[list[User], str | None]:
+    query = select(User).order_by(User.created_at.desc(), User.id.desc()).limit(limit + 1)
+    if cursor is not None:
+        values = decode_cursor(cursor)
+        try:
+            created = datetime.fromisoformat(values["c"])
+            last_id = uuid.UUID(values["id"])
+        except (KeyError, TypeError, ValueError):
+            decode_cursor("")  # raises the standard invalid-cursor problem
+            raise
+        query = query.where(
+            or_(User.created_at < created, and_(User.created_at == created, User.id < last_id))
+        )
+    users = list((await session.execute(query)).scalars())
+    next_cursor = None
+    if len(users) > limit:
+        users = users[:limit]
+        last = users[-1]
+        next_cursor = encode_cursor({"c": last.created_at.isoformat(), "id": str(last.id)})
+    return users, next_cursor
+
+
+async def admin_update(
+    session: AsyncSession, *, user: User, change: AdminUserUpdate, admin_id: uuid.UUID | None
+) -> User:
+    if admin_id is not None and user.id == admin_id:
+        raise Conflict("administrators cannot change their own role or status")
+    if change.role is not None:
+        user.role = change.role.value
+    if change.is_active is not None:
+        user.is_active = change.is_active
+        if not change.is_active:
+            await revoke_sessions(session, user_id=user.id, keep=None, reason="disabled")
+    user.updated_at = _now()
+    await session.flush()
+    log.info("user.admin_updated", user_id=str(user.id), role=user.role, active=user.is_active)
+    return user
+
+
+# --- sign-in and tokens ----------------------------------------------------------------------
+
+
+async def authenticate(session: AsyncSession, *, email: str, password: str) -> User:
+    """The user for these credentials; the same error, in the same time, for every failure."""
+    user = await get_by_email(session, email.strip().lower())
+    valid = await security.verify_password(password, user.password_hash if user else None)
+    if user is None or not valid or not user.is_active:
+        raise InvalidCredentials("incorrect email or password")
+    return user
+
+
+async def _issue(
+    session: AsyncSession, *, user: User, login: Session, policy: TokenPolicy
+) -> TokenPair:
+    refresh = security.new_secret(REFRESH_PREFIX)
+    session.add(
+        RefreshToken(
+            session_id=login.id,
+            token_hash=security.secret_digest(refresh, key=policy.digest_key),
+            expires_at=_now() + policy.refresh_ttl,
+        )
+    )
+    await session.flush()
+    access, _ = policy.codec.issue(
+        subject=user.id, session_id=login.id, scopes=scopes_for(user.role), role=user.role
+    )
+    return TokenPair(
+        access_token=access,
+        refresh_token=refresh,
+        expires_in=int(policy.codec.lifetime.total_seconds()),
+    )
+
+
+async def login(session: AsyncSession, *, user: User, policy: TokenPolicy) -> TokenPair:
+    new_login = Session(user_id=user.id)
+    session.add(new_login)
+    await session.flush()
+    log.info("session.created", user_id=str(user.id), session_id=str(new_login.id))
+    return await _issue(session, user=user, login=new_login, policy=policy)
+
+
+async def refresh(session: AsyncSession, *, token: str, policy: TokenPolicy) -> TokenPair:
+    digest = security.secret_digest(token, key=policy.digest_key)
+    row = (
+        await session.execute(
+            select(RefreshToken, Session, User)
+            .join(Session, Session.id == RefreshToken.session_id)
+            .join(User, User.id == Session.user_id)
+            .where(RefreshToken.token_hash == digest)
+            .with_for_update(of=RefreshToken)
+        )
+    ).one_or_none()
+    if row is None:
+        raise InvalidCredentials("refresh token is not valid")
+    stored, login_session, user = row.tuple()
+    if stored.used_at is not None:
+        await revoke_session(session, login_session, reason="refresh_reuse")
+        log.warning(
+            "session.refresh_reuse_detected",
+            user_id=str(user.id),
+            session_id=str(login_session.id),
+        )
+        raise RefreshTokenReused("refresh token was already used; the session is revoked")
+    if login_session.revoked_at is not None or stored.expires_at <= _now() or not user.is_active:
+        raise InvalidCredentials("refresh token is not valid")
+    stored.used_at = _now()
+    return await _issue(session, user=user, login=login_session, policy=policy)
+
+
+async def logout(session: AsyncSession, *, token: str, policy: TokenPolicy) -> None:
+    digest = security.secret_digest(token, key=policy.digest_key)
+    login_session = (
+        await session.execute(
+            select(Session)
+            .join(RefreshToken, RefreshToken.session_id == Session.id)
+            .where(RefreshToken.token_hash == digest)
+        )
+    ).scalar_one_or_none()
+    if login_session is not None:
+        await revoke_session(session, login_session, reason="logout")
+
+
+async def revoke_session(session: AsyncSession, login_session: Session, *, reason: str) -> None:
+    if login_session.revoked_at is None:
+        login_session.revoked_at = _now()
+        login_session.revoked_reason = reason
+        await session.flush()
+
+
+async def revoke_sessions(
+    session: AsyncSession, *, user_id: uuid.UUID, keep: uuid.UUID | None, reason: str
+) -> int:
+    query = (
+        update(Session)
+        .where(Session.user_id == user_id, Session.revoked_at.is_(None))
+        .values(revoked_at=_now(), revoked_reason=reason)
+    )
+    if keep is not None:
+        query = query.where(Session.id != keep)
+    result = await session.execute(query)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def active_session_user(
+    session: AsyncSession, *, user_id: uuid.UUID, session_id: uuid.UUID
+) -> User | None:
+    """The user behind an access token, if both the user and its session are still live."""
+    result = await session.execute(
+        select(User)
+        .join(Session, Session.user_id == User.id)
+        .where(
+            User.id == user_id,
+            User.is_active.is_(True),
+            Session.id == session_id,
+            Session.revoked_at.is_(None),
+        )
+    )
+    return result.scalar_one_or_none()
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+async def create_api_key(
+    session: AsyncSession,
+    *,
+    user: User,
+    key_in: ApiKeyCreate,
+    allowed_scopes: frozenset[str],
+    digest_key: str,
+) -> ApiKeyCreated:
+    requested = set(key_in.scopes)
+    excess = requested - allowed_scopes
+    if excess:
+        raise Forbidden(f"you cannot grant scopes you do not hold: {', '.join(sorted(excess))}")
+    if key_in.expires_at is not None and key_in.expires_at <= _now():
+        raise UnprocessableContent(
+            "expires_at must be in the future",
+            errors=[{"loc": ["body", "expires_at"], "msg": "in the past", "type": "expiry"}],
+        )
+    secret = security.new_secret(API_KEY_PREFIX)
+    key = ApiKey(
+        user_id=user.id,
+        name=key_in.name,
+        prefix=secret[:_API_KEY_VISIBLE],
+        key_hash=security.secret_digest(secret, key=digest_key),
+        scopes=sorted(requested),
+        expires_at=key_in.expires_at,
+    )
+    session.add(key)
+    await session.flush()
+    log.info("api_key.created", user_id=str(user.id), api_key_id=str(key.id), scopes=key.scopes)
+    return ApiKeyCreated(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=key.scopes,
+        expires_at=key.expires_at,
+        secret=secret,
+    )
+
+
+async def list_api_keys(session: AsyncSession, *, user_id: uuid.UUID) -> list[ApiKey]:
+    result = await session.execute(
+        select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.created_at.desc())
+    )
+    return list(result.scalars())
+
+
+async def get_api_key(session: AsyncSession, *, user_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
+    key = await session.get(ApiKey, key_id)
+    if key is None or key.user_id != user_id:
+        raise NotFound("no such API key")
+    return key
+
+
+async def revoke_api_key(session: AsyncSession, *, key: ApiKey) -> None:
+    if key.revoked_at is None:
+        key.revoked_at = _now()
+        await session.flush()
+        log.info("api_key.revoked", api_key_id=str(key.id))
+
+
+async def resolve_api_key(
+    session: AsyncSession, *, secret: str, digest_key: str
+) -> tuple[ApiKey, User] | None:
+    """The live key and its active owner for a presented secret, or None."""
+    digest = security.secret_digest(secret, key=digest_key)
+    now = _now()
+    row = (
+        await session.execute(
+            select(ApiKey, User)
+            .join(User, User.id == ApiKey.user_id)
+            .where(
+                ApiKey.key_hash == digest,
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+                User.is_active.is_(True),
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    key, user = row.tuple()
+    if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
+        # At most one write a minute per key, not one per request.
+        await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+    return key, user
