@@ -213,7 +213,7 @@ async def refresh(session: AsyncSession, *, token: str, policy: TokenPolicy) -> 
     ).one_or_none()
     if row is None:
         raise InvalidCredentials("refresh token is not valid")
-    stored, login_session, user = row.tuple()
+    stored, login_session, user = row
     if stored.used_at is not None:
         await revoke_session(session, login_session, reason="refresh_reuse")
         log.warning(
@@ -362,7 +362,7 @@ async def resolve_api_key(
     ).one_or_none()
     if row is None:
         return None
-    key, user = row.tuple()
+    key, user = row
     if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
         # At most one write a minute per key, not one per request.
         await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
