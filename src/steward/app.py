@@ -23,6 +23,7 @@ from steward.platform.middleware import (
 )
 from steward.platform.resources import Resources
 from steward.settings import ConfigError, Settings, get_settings
+from steward.todos import router as todos_router
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install_handlers(app)
     app.include_router(health.router)
-    for router in accounts_router.routers:
+    for router in (*accounts_router.routers, todos_router.router):
         app.include_router(router, prefix=API_PREFIX)
     return app
 

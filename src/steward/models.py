@@ -2,5 +2,6 @@
 
 from steward.accounts import models as accounts
 from steward.platform.db import Base
+from steward.todos import models as todos
 
-__all__ = ["Base", "accounts"]
+__all__ = ["Base", "accounts", "todos"]

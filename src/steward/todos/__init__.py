@@ -1,0 +1,1 @@
+"""Todos: per-user tasks with keyset pagination, idempotent creation and change events."""

@@ -1,0 +1,140 @@
+"""HTTP endpoints of the todos domain."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import AwareDatetime
+
+from steward.platform.deps import Session
+from steward.platform.pagination import Cursor, Limit, Page
+from steward.todos import service
+from steward.todos.deps import (
+    IdempotencyKey,
+    IfMatch,
+    OwnedTodo,
+    OwnedTodoForUpdate,
+    TodosReader,
+    TodosWriter,
+    owner_of,
+)
+from steward.todos.models import Todo
+from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
+
+router = APIRouter(prefix="/todos", tags=["todos"])
+
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid credentials"},
+    403: {"description": "missing scope"},
+}
+_ONE: dict[int | str, dict[str, Any]] = {**_AUTH, 404: {"description": "no such todo of yours"}}
+_WRITE_ONE: dict[int | str, dict[str, Any]] = {
+    **_ONE,
+    412: {"description": "If-Match does not match the current ETag"},
+}
+
+
+def _read(todo: Todo, response: Response) -> TodoRead:
+    response.headers["ETag"] = service.etag(todo)
+    return TodoRead.model_validate(todo)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a todo; honours Idempotency-Key (scope todos:write)",
+    responses={**_AUTH, 422: {"description": "invalid, or key reused with another body"}},
+)
+async def create_todo(
+    todo_in: TodoCreate,
+    principal: TodosWriter,
+    session: Session,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TodoRead:
+    created = await service.create(
+        session, owner_id=owner_of(principal), todo_in=todo_in, idempotency_key=idempotency_key
+    )
+    body = TodoRead.model_validate(created.body)
+    response.headers["ETag"] = f'"{body.version}"'
+    response.headers["Location"] = f"{router.prefix}/{body.id}"
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return body
+
+
+@router.get("", summary="List own todos, newest first by default (scope todos:read)",
+            responses=_AUTH)  # fmt: skip
+async def list_todos(
+    principal: TodosReader,
+    session: Session,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    done: bool | None = None,
+    due_before: AwareDatetime | None = None,
+    due_after: AwareDatetime | None = None,
+    tag: Annotated[list[str], Query(max_length=10, description="all must match")] = [],  # noqa: B006
+    q: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    sort: TodoSort = TodoSort.CREATED_DESC,
+) -> Page[TodoRead]:
+    filters = service.TodoFilter(
+        done=done,
+        due_before=due_before,
+        due_after=due_after,
+        tags=tuple(t.strip().lower() for t in tag),
+        q=q,
+    )
+    todos, next_cursor = await service.list_todos(
+        session,
+        owner_id=owner_of(principal),
+        filters=filters,
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page(items=[TodoRead.model_validate(t) for t in todos], next_cursor=next_cursor)
+
+
+@router.get("/{todo_id}", summary="Read one own todo, with its ETag (scope todos:read)",
+            responses=_ONE)  # fmt: skip
+async def read_todo(todo: OwnedTodo, response: Response) -> TodoRead:
+    return _read(todo, response)
+
+
+@router.patch("/{todo_id}", summary="Change an own todo (scope todos:write)",
+              responses=_WRITE_ONE)  # fmt: skip
+async def update_todo(
+    todo: OwnedTodoForUpdate,
+    change: TodoUpdate,
+    session: Session,
+    response: Response,
+    if_match: IfMatch = None,
+) -> TodoRead:
+    updated = await service.update(session, todo=todo, change=change, if_match=if_match)
+    return _read(updated, response)
+
+
+@router.delete(
+    "/{todo_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an own todo (scope todos:write)",
+    responses=_WRITE_ONE,
+)
+async def delete_todo(
+    todo: OwnedTodoForUpdate, session: Session, if_match: IfMatch = None
+) -> Response:
+    await service.remove(session, todo=todo, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{todo_id}/complete", summary="Mark an own todo done (scope todos:write)",
+             responses=_ONE)  # fmt: skip
+async def complete_todo(todo: OwnedTodoForUpdate, session: Session, response: Response) -> TodoRead:
+    return _read(await service.set_done(session, todo=todo, done=True), response)
+
+
+@router.post("/{todo_id}/reopen", summary="Mark an own todo not done (scope todos:write)",
+             responses=_ONE)  # fmt: skip
+async def reopen_todo(todo: OwnedTodoForUpdate, session: Session, response: Response) -> TodoRead:
+    return _read(await service.set_done(session, todo=todo, done=False), response)

@@ -1,0 +1,74 @@
+"""Request and response shapes of the todos API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+Title = Annotated[str, Field(min_length=1, max_length=200)]
+Description = Annotated[str, Field(max_length=10_000)]
+Priority = Annotated[int, Field(ge=0, le=3, description="0 none, 1 low, 2 medium, 3 high")]
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    # Case-insensitive and unique, in first-seen order: "Work" and "work" are one tag.
+    seen: dict[str, None] = {}
+    for tag in tags:
+        seen.setdefault(tag.strip().lower(), None)
+    return list(seen)
+
+
+Tag = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[\w\-: ]+$")]
+Tags = Annotated[list[Tag], Field(max_length=20), AfterValidator(_clean_tags)]
+
+
+class TodoCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+    description: Description = ""
+    due_at: AwareDatetime | None = None
+    priority: Priority = 0
+    tags: Tags = Field(default_factory=list)
+
+
+class TodoUpdate(BaseModel):
+    """Partial update: only the fields sent are changed; `null` clears `due_at`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title | None = None
+    description: Description | None = None
+    due_at: AwareDatetime | None = None
+    priority: Priority | None = None
+    tags: Tags | None = None
+    done: bool | None = None
+
+
+class TodoRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    title: str
+    description: str
+    due_at: datetime | None
+    done: bool
+    done_at: datetime | None
+    priority: int
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class TodoSort(StrEnum):
+    CREATED = "created_at"
+    CREATED_DESC = "-created_at"
+    DUE = "due_at"
+    DUE_DESC = "-due_at"
+    PRIORITY = "priority"
+    PRIORITY_DESC = "-priority"
