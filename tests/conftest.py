@@ -65,11 +65,23 @@ class LogCapture:
 
 
 @pytest.fixture
-def logs() -> Iterator[LogCapture]:
+def logs(request: pytest.FixtureRequest) -> Iterator[LogCapture]:
     capture = LogCapture()
     configure_logging(level="INFO", json=True, stream=capture.stream)
     yield capture
     configure_logging(level="INFO", json=True)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        # Show what the app logged (tracebacks of 500s included) next to the failure.
+        print("--- captured application log ---\n" + capture.text[-20000:])
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
 
 
 async def _reset_state(engines: EngineSet) -> None:

@@ -86,7 +86,7 @@ def upgrade() -> None:
         "todos",
         [
             "owner_id",
-            sa.literal_column("coalesce(due_at, '9999-12-31 23:59:59.999999+00'::timestamptz)"),
+            sa.literal_column("coalesce(due_at, '9999-12-31 00:00:00+00'::timestamptz)"),
             "id",
         ],
         unique=False,

@@ -27,8 +27,6 @@ from steward.todos import router as todos_router
 
 log = structlog.get_logger(__name__)
 
-API_PREFIX = "/api/v1"
-
 
 def _middleware(settings: Settings) -> list[Middleware]:
     """Outermost first. Metrics see every status, including the 500s made just inside."""
@@ -101,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install_handlers(app)
     app.include_router(health.router)
     for router in (*accounts_router.routers, todos_router.router):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router)
     return app
 
 

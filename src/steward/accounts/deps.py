@@ -19,10 +19,11 @@ from steward.accounts.models import User
 from steward.accounts.scopes import ALL_SCOPES, Role, scopes_for
 from steward.accounts.service import TokenPolicy
 from steward.platform import security
+from steward.platform.api import API_V1
 from steward.platform.deps import Session, Settings
 from steward.platform.errors import Forbidden, NotFound, Unauthorized
 
-_bearer = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+_bearer = OAuth2PasswordBearer(tokenUrl=f"{API_V1}/auth/token", auto_error=False)
 _api_key = APIKeyHeader(name="x-api-key", auto_error=False)
 
 

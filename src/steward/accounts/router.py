@@ -29,14 +29,15 @@ from steward.accounts.schemas import (
     UserRead,
     UserUpdate,
 )
+from steward.platform.api import API_V1
 from steward.platform.deps import Session
 from steward.platform.errors import Forbidden
 from steward.platform.pagination import Cursor, Limit, Page
 
-auth = APIRouter(prefix="/auth", tags=["auth"])
-users = APIRouter(prefix="/users", tags=["users"])
-api_keys = APIRouter(prefix="/api-keys", tags=["api-keys"])
-admin = APIRouter(prefix="/admin", tags=["admin"])
+auth = APIRouter(prefix=f"{API_V1}/auth", tags=["auth"])
+users = APIRouter(prefix=f"{API_V1}/users", tags=["users"])
+api_keys = APIRouter(prefix=f"{API_V1}/api-keys", tags=["api-keys"])
+admin = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"])
 
 _401: dict[int | str, dict[str, Any]] = {401: {"description": "missing or invalid credentials"}}
 _403: dict[int | str, dict[str, Any]] = {403: {"description": "authenticated, but not allowed"}}

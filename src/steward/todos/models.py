@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -20,17 +19,18 @@ from sqlalchemy import (
     literal_column,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
 from steward.platform.db import Base, new_id
 
 # Sorting by due date puts undated todos last (ascending): the index and the keyset
-# comparison use this same expression. The stand-in is Python's largest datetime (not
-# PostgreSQL's 'infinity', which a cursor could not carry back as a datetime).
-UNDATED = datetime.max.replace(tzinfo=UTC)
-UNDATED_SQL = "'9999-12-31 23:59:59.999999+00'::timestamptz"
+# comparison use this same expression. The stand-in is a plain far-future instant: not
+# 'infinity' (a cursor carries datetimes) and not datetime.max (asyncpg sends that as
+# 'infinity', which would then compare greater than the stand-in itself).
+UNDATED = datetime(9999, 12, 31, tzinfo=UTC)
+UNDATED_SQL = "'9999-12-31 00:00:00+00'::timestamptz"
 DUE_SORT_KEY: ColumnElement[datetime] = func.coalesce(literal_column("due_at"), text(UNDATED_SQL))
 
 

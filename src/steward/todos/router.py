@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AwareDatetime
 
+from steward.platform.api import API_V1
 from steward.platform.deps import Session
 from steward.platform.pagination import Cursor, Limit, Page
 from steward.todos import service
@@ -22,7 +23,7 @@ from steward.todos.deps import (
 from steward.todos.models import Todo
 from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
 
-router = APIRouter(prefix="/todos", tags=["todos"])
+router = APIRouter(prefix=f"{API_V1}/todos", tags=["todos"])
 
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid credentials"},
@@ -50,6 +51,7 @@ async def create_todo(
     todo_in: TodoCreate,
     principal: TodosWriter,
     session: Session,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TodoRead:
@@ -58,7 +60,7 @@ async def create_todo(
     )
     body = TodoRead.model_validate(created.body)
     response.headers["ETag"] = f'"{body.version}"'
-    response.headers["Location"] = f"{router.prefix}/{body.id}"
+    response.headers["Location"] = request.url_for("read_todo", todo_id=body.id).path
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return body

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, cast, delete, func, or_, select, text, tuple_
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from steward.platform.errors import NotFound, PreconditionFailed, UnprocessableContent
 from steward.platform.pagination import decode_cursor, encode_cursor
 from steward.todos.events import todo_changed
-from steward.todos.models import UNDATED_SQL, IdempotencyKey, Todo
+from steward.todos.models import UNDATED, UNDATED_SQL, IdempotencyKey, Todo
 from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
 
 log = structlog.get_logger(__name__)
@@ -239,11 +239,7 @@ def _parse_cursor(cursor: str, sort: TodoSort) -> list[Any]:
     field = sort.value.lstrip("-")
     try:
         if field == "due_at":
-            due = (
-                datetime.fromisoformat(raw[0])
-                if raw[0] is not None
-                else datetime.max.replace(tzinfo=UTC)
-            )
+            due = datetime.fromisoformat(raw[0]) if raw[0] is not None else UNDATED
             return [due, uuid.UUID(raw[1])]
         if field == "priority":
             return [int(raw[0]), datetime.fromisoformat(raw[1]), uuid.UUID(raw[2])]
@@ -268,7 +264,7 @@ def _filtered(owner_id: uuid.UUID, filters: TodoFilter) -> Select[Todo]:
     if filters.due_after is not None:
         query = query.where(Todo.due_at > filters.due_after)
     if filters.tags:
-        query = query.where(Todo.tags.contains(list(filters.tags)))
+        query = query.where(Todo.tags.contains(cast(list(filters.tags), Todo.tags.type)))
     if filters.q:
         pattern = f"%{_escape_like(filters.q)}%"
         query = query.where(
