@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Form, Request, Security
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from steward.accounts import service
@@ -22,6 +22,7 @@ from steward.platform import security
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, Settings
 from steward.platform.errors import Forbidden, NotFound, Unauthorized
+from steward.settings import Settings as _Settings
 
 _bearer = OAuth2PasswordBearer(tokenUrl=f"{API_V1}/auth/token", auto_error=False)
 _api_key = APIKeyHeader(name="x-api-key", auto_error=False)
@@ -47,7 +48,7 @@ class Principal:
         return self.api_key_id is not None or self.kind == "service"
 
 
-def token_policy(settings: Settings) -> TokenPolicy:
+def build_token_policy(settings: _Settings) -> TokenPolicy:
     key = settings.secret_key.get_secret_value()
     return TokenPolicy(
         codec=security.TokenCodec(
@@ -59,6 +60,15 @@ def token_policy(settings: Settings) -> TokenPolicy:
         refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_s),
         digest_key=key,
     )
+
+
+async def token_policy(request: Request, settings: Settings) -> TokenPolicy:
+    """Built once per application from its settings."""
+    policy: TokenPolicy | None = getattr(request.app.state, "token_policy", None)
+    if policy is None:
+        policy = build_token_policy(settings)
+        request.app.state.token_policy = policy
+    return policy
 
 
 Policy = Annotated[TokenPolicy, Depends(token_policy)]
@@ -180,3 +190,22 @@ async def user_by_id(user_id: uuid.UUID, session: Session, _: Admin) -> User:
 
 
 ManagedUser = Annotated[User, Depends(user_by_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordForm:
+    username: str
+    password: str
+
+
+async def password_form(
+    username: Annotated[str, Form(max_length=320, description="the account's email")],
+    password: Annotated[str, Form(max_length=256, json_schema_extra={"format": "password"})],
+    grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+) -> PasswordForm:
+    """The OAuth2 password grant's form (what /docs' Authorize button sends). FastAPI's own
+    OAuth2PasswordRequestForm is a class, which FastAPI would build in its thread pool."""
+    return PasswordForm(username=username, password=password)
+
+
+CredentialsForm = Annotated[PasswordForm, Depends(password_form)]

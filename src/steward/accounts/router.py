@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Response, status
 
 from steward.accounts import service
 from steward.accounts.deps import (
     Admin,
+    CredentialsForm,
     CurrentPrincipal,
     CurrentUser,
     ManagedUser,
@@ -54,9 +54,7 @@ async def register(user_in: UserCreate, session: Session) -> UserRead:
 
 
 @auth.post("/token", summary="Sign in with email and password (anyone)", responses=_401)
-async def token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: Session, policy: Policy
-) -> TokenPair:
+async def token(form: CredentialsForm, session: Session, policy: Policy) -> TokenPair:
     user = await service.authenticate(session, email=form.username, password=form.password)
     return await service.login(session, user=user, policy=policy)
 

@@ -14,24 +14,31 @@ from steward.platform.pubsub import flush_pending
 from steward.platform.resources import Resources
 from steward.settings import Settings as _Settings
 
+# Every dependency here is `async def`, even when it awaits nothing: FastAPI runs plain
+# `def` dependencies in its thread pool, a thread hop per call that caps throughput.
 
-def get_resources(request: Request) -> Resources:
+
+def resources_of(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
 
-def get_settings(request: Request) -> _Settings:
-    return get_resources(request).settings
+async def get_resources(request: Request) -> Resources:
+    return resources_of(request)
 
 
-def get_redis(request: Request) -> _Redis:
-    return get_resources(request).redis
+async def get_settings(request: Request) -> _Settings:
+    return resources_of(request).settings
+
+
+async def get_redis(request: Request) -> _Redis:
+    return resources_of(request).redis
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session and transaction per request, committed before the response is sent;
     events queued during it are published once it has committed."""
-    resources = get_resources(request)
+    resources = resources_of(request)
 
     async def publish(session: AsyncSession) -> None:
         await flush_pending(session, resources.redis)

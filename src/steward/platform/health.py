@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from steward.platform import db
-from steward.platform.deps import get_resources
+from steward.platform.deps import resources_of
 from steward.platform.errors import problem_response
 from steward.platform.metrics import render_metrics
 
@@ -66,7 +66,7 @@ async def _check_broker(url: str, limit_s: float) -> None:
     responses={503: {"description": "a dependency failed; the problem names it"}},
 )
 async def ready(request: Request) -> ReadyRead | Response:
-    resources = get_resources(request)
+    resources = resources_of(request)
     settings = resources.settings
     timeout = settings.readiness_timeout_s
     checks: dict[str, Callable[[], Awaitable[Any]]] = {
