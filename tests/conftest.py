@@ -39,6 +39,9 @@ def make_settings(engines: EngineSet, **overrides: Any) -> Settings:
         "log_format": "json",
         "db_pool_size": 5,
         "db_max_overflow": 5,
+        # Suites sign in often from one address; the limiter's own tests set real limits.
+        "rate_limit_login": "1000/minute",
+        "rate_limit_anonymous": "1000/minute",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -21,6 +21,7 @@ from steward.platform.middleware import (
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
 )
+from steward.platform.proxies import parse_networks
 from steward.platform.resources import Resources
 from steward.settings import ConfigError, Settings, get_settings
 from steward.todos import router as todos_router
@@ -32,7 +33,11 @@ def _middleware(settings: Settings) -> list[Middleware]:
     """Outermost first. Metrics see every status, including the 500s made just inside."""
     stack = [
         Middleware(MetricsMiddleware),
-        Middleware(RequestContextMiddleware, access_log=settings.access_log),
+        Middleware(
+            RequestContextMiddleware,
+            access_log=settings.access_log,
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+        ),
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_prod),
     ]
     if settings.cors_origins:

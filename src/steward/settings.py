@@ -77,6 +77,18 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = Field(default=2.0, gt=0)
     redis_connect_timeout_s: float = Field(default=2.0, gt=0)
 
+    # Protection
+    rate_limit_enabled: bool = True
+    rate_limit_anonymous: str = "60/minute"
+    rate_limit_authenticated: str = "600/minute"
+    rate_limit_login: str = "10/minute"
+    rate_limit_assistant: str = "30/minute"
+    rate_limit_fail_open: bool = True
+    rate_limit_login_fail_open: bool = False
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cache_enabled: bool = True
+    cache_ttl_s: float = Field(default=60.0, gt=0)
+
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -84,11 +96,34 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = None
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator(
+        "rate_limit_anonymous", "rate_limit_authenticated", "rate_limit_login",
+        "rate_limit_assistant",
+    )  # fmt: skip
+    @classmethod
+    def _rate_limit_spec(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"not a rate limit like '60/minute': {value!r}") from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
         return value
 
     @field_validator("log_level", mode="before")

@@ -1,5 +1,6 @@
-"""Who is calling: the principal behind a bearer token, a user API key or the service key,
-and dependencies that demand a user, a scope or the admin role."""
+"""Who is calling: the principal behind a bearer token, a user API key or the service key;
+dependencies that demand a user, a scope or the admin role; and the rate limits that
+apply to each kind of caller."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hmac
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -17,11 +18,13 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from steward.accounts import service
 from steward.accounts.models import User
 from steward.accounts.scopes import ALL_SCOPES, Role, scopes_for
-from steward.accounts.service import TokenPolicy
+from steward.accounts.service import Account, TokenPolicy
 from steward.platform import security
 from steward.platform.api import API_V1
-from steward.platform.deps import Session, Settings
+from steward.platform.cache import MISSING
+from steward.platform.deps import Session, Settings, resources_of
 from steward.platform.errors import Forbidden, NotFound, Unauthorized
+from steward.platform.ratelimit import Decision, enforce
 from steward.settings import Settings as _Settings
 
 _bearer = OAuth2PasswordBearer(tokenUrl=f"{API_V1}/auth/token", auto_error=False)
@@ -35,17 +38,13 @@ class Principal:
     kind: Literal["user", "service"]
     scopes: frozenset[str]
     role: str
-    user: User | None = None
+    user: Account | None = None
     session_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
 
     @property
     def user_id(self) -> uuid.UUID | None:
         return self.user.id if self.user is not None else None
-
-    @property
-    def via_api_key(self) -> bool:
-        return self.api_key_id is not None or self.kind == "service"
 
 
 def build_token_policy(settings: _Settings) -> TokenPolicy:
@@ -81,6 +80,109 @@ def _bind(request: Request, principal: Principal) -> Principal:
     return principal
 
 
+async def _from_bearer(
+    request: Request, session: Session, policy: TokenPolicy, token: str
+) -> Principal:
+    try:
+        claims = policy.codec.decode(token)
+    except security.InvalidToken:
+        raise Unauthorized("access token is not valid") from None
+    resources = resources_of(request)
+
+    async def load() -> Any:
+        holder = await service.active_session_user(
+            session, user_id=claims.subject, session_id=claims.session_id
+        )
+        return MISSING if holder is None else Account.of(holder).to_json()
+
+    # Cached per (user, session); any change to the user or a revocation of its sessions
+    # moves the user's namespace to a new version, so the next request sees it at once.
+    cached = await resources.cache.get_or_compute(
+        service.user_namespace(claims.subject),
+        f"session:{claims.session_id}",
+        load,
+        ttl_s=resources.settings.cache_ttl_s,
+        kind="principal",
+    )
+    if cached is MISSING:
+        raise Unauthorized("access token is no longer valid")
+    account = Account.from_json(cached)
+    # A role change applies at once: the token's scopes are capped by the current role.
+    return _bind(
+        request,
+        Principal(
+            kind="user",
+            scopes=claims.scopes & scopes_for(account.role),
+            role=account.role,
+            user=account,
+            session_id=claims.session_id,
+        ),
+    )
+
+
+async def _from_api_key(
+    request: Request, session: Session, policy: TokenPolicy, secret: str
+) -> Principal:
+    resources = resources_of(request)
+    digest = security.secret_digest(secret, key=policy.digest_key)
+
+    async def load_key() -> Any:
+        found = await service.resolve_api_key(session, digest=digest)
+        if found is None:
+            return MISSING
+        key, _ = found
+        return {
+            "key_id": str(key.id),
+            "user_id": str(key.user_id),
+            "scopes": key.scopes,
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        }
+
+    # Unknown secrets are cached as misses for a few seconds, so guessing keys costs Redis
+    # lookups, not database queries.
+    cached = await resources.cache.get_or_compute(
+        service.api_key_namespace(digest),
+        "key",
+        load_key,
+        ttl_s=resources.settings.cache_ttl_s,
+        kind="api_key",
+    )
+    invalid = Unauthorized("API key is not valid", headers={"WWW-Authenticate": "ApiKey"})
+    if cached is MISSING or (
+        cached["expires_at"] is not None
+        and datetime.fromisoformat(cached["expires_at"]) <= datetime.now(UTC)
+    ):
+        raise invalid
+    user_id = uuid.UUID(cached["user_id"])
+
+    async def load_user() -> Any:
+        user = await service.get(session, user_id)
+        return MISSING if user is None or not user.is_active else Account.of(user).to_json()
+
+    # The owner is read through its own namespace: disabling the user invalidates it even
+    # though the key's entry is still cached.
+    profile = await resources.cache.get_or_compute(
+        service.user_namespace(user_id),
+        "profile",
+        load_user,
+        ttl_s=resources.settings.cache_ttl_s,
+        kind="principal",
+    )
+    if profile is MISSING:
+        raise invalid
+    account = Account.from_json(profile)
+    return _bind(
+        request,
+        Principal(
+            kind="user",
+            scopes=frozenset(cached["scopes"]) & scopes_for(account.role),
+            role=account.role,
+            user=account,
+            api_key_id=uuid.UUID(cached["key_id"]),
+        ),
+    )
+
+
 async def optional_principal(
     request: Request,
     session: Session,
@@ -96,36 +198,9 @@ async def optional_principal(
             api_key.encode(), service_key.get_secret_value().encode()
         ):
             return Principal(kind="service", scopes=frozenset({"admin"}), role="service")
-        found = await service.resolve_api_key(session, secret=api_key, digest_key=policy.digest_key)
-        if found is None:
-            raise Unauthorized("API key is not valid", headers={"WWW-Authenticate": "ApiKey"})
-        key, user = found
-        granted = frozenset(key.scopes) & scopes_for(user.role)
-        return _bind(
-            request,
-            Principal(kind="user", scopes=granted, role=user.role, user=user, api_key_id=key.id),
-        )
+        return await _from_api_key(request, session, policy, api_key)
     if token:
-        try:
-            claims = policy.codec.decode(token)
-        except security.InvalidToken:
-            raise Unauthorized("access token is not valid") from None
-        holder = await service.active_session_user(
-            session, user_id=claims.subject, session_id=claims.session_id
-        )
-        if holder is None:
-            raise Unauthorized("access token is no longer valid")
-        # A role change applies at once: the token's scopes are capped by the current role.
-        return _bind(
-            request,
-            Principal(
-                kind="user",
-                scopes=claims.scopes & scopes_for(holder.role),
-                role=holder.role,
-                user=holder,
-                session_id=claims.session_id,
-            ),
-        )
+        return await _from_bearer(request, session, policy, token)
     return None
 
 
@@ -158,13 +233,13 @@ def requires(
     return check
 
 
-async def current_user(principal: CurrentPrincipal) -> User:
+async def current_user(principal: CurrentPrincipal) -> Account:
     if principal.user is None:
         raise Forbidden("this endpoint acts for a user; the service key has no user")
     return principal.user
 
 
-async def session_user(principal: CurrentPrincipal) -> User:
+async def session_user(principal: CurrentPrincipal) -> Account:
     """A user signed in with a password session (not an API key)."""
     if principal.user is None or principal.session_id is None:
         raise Forbidden("this endpoint needs a signed-in user, not an API key")
@@ -177,8 +252,8 @@ async def admin(principal: CurrentPrincipal) -> Principal:
     return principal
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
-SessionUser = Annotated[User, Depends(session_user)]
+CurrentUser = Annotated[Account, Depends(current_user)]
+SessionUser = Annotated[Account, Depends(session_user)]
 Admin = Annotated[Principal, Depends(admin)]
 
 
@@ -209,3 +284,63 @@ async def password_form(
 
 
 CredentialsForm = Annotated[PasswordForm, Depends(password_form)]
+
+
+# --- rate limits ---------------------------------------------------------------------------
+
+
+def _attach(request: Request, decision: Decision) -> None:
+    if decision.checked:
+        request.scope.setdefault("state", {})["response_headers"] = decision.headers()
+
+
+async def limit_requests(request: Request, principal: OptionalPrincipal) -> None:
+    """The general limit: per user or API key when authenticated, else per client IP."""
+    resources = resources_of(request)
+    if not resources.settings.rate_limit_enabled:
+        return
+    if principal is None:
+        policy = resources.policies.anonymous
+        key = f"ip:{request.scope.get('state', {}).get('client_ip')}"
+    else:
+        policy = resources.policies.authenticated
+        if principal.api_key_id is not None:
+            key = f"key:{principal.api_key_id}"
+        elif principal.user_id is not None:
+            key = f"user:{principal.user_id}"
+        else:
+            key = "service"
+    decision = await resources.limiter.hit(policy, key)
+    _attach(request, decision)
+    enforce(decision)
+
+
+async def _limit_credentials(request: Request, account: str | None) -> None:
+    """Sign-in and sign-up: per client IP and per account, the stricter one answering."""
+    resources = resources_of(request)
+    if not resources.settings.rate_limit_enabled:
+        return
+    policy = resources.policies.login
+    ip = request.scope.get("state", {}).get("client_ip")
+    decisions = [await resources.limiter.hit(policy, f"ip:{ip}")]
+    if account:
+        decisions.append(await resources.limiter.hit(policy, f"account:{account}"))
+    strictest = min(decisions, key=lambda d: (d.allowed, d.remaining))
+    _attach(request, strictest)
+    enforce(strictest)
+
+
+async def limit_login(request: Request, form: CredentialsForm) -> None:
+    await _limit_credentials(request, form.username.strip().lower())
+
+
+async def limit_register(request: Request) -> None:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    email = body.get("email") if isinstance(body, dict) else None
+    await _limit_credentials(request, email.strip().lower() if isinstance(email, str) else None)
+
+
+RateLimited = Depends(limit_requests)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
 from steward.accounts import service
 from steward.accounts.deps import (
@@ -15,7 +15,10 @@ from steward.accounts.deps import (
     CurrentUser,
     ManagedUser,
     Policy,
+    RateLimited,
     SessionUser,
+    limit_login,
+    limit_register,
 )
 from steward.accounts.models import User
 from steward.accounts.schemas import (
@@ -31,13 +34,13 @@ from steward.accounts.schemas import (
 )
 from steward.platform.api import API_V1
 from steward.platform.deps import Session
-from steward.platform.errors import Forbidden
+from steward.platform.errors import Forbidden, Unauthorized
 from steward.platform.pagination import Cursor, Limit, Page
 
 auth = APIRouter(prefix=f"{API_V1}/auth", tags=["auth"])
-users = APIRouter(prefix=f"{API_V1}/users", tags=["users"])
-api_keys = APIRouter(prefix=f"{API_V1}/api-keys", tags=["api-keys"])
-admin = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"])
+users = APIRouter(prefix=f"{API_V1}/users", tags=["users"], dependencies=[RateLimited])
+api_keys = APIRouter(prefix=f"{API_V1}/api-keys", tags=["api-keys"], dependencies=[RateLimited])
+admin = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"], dependencies=[RateLimited])
 
 _401: dict[int | str, dict[str, Any]] = {401: {"description": "missing or invalid credentials"}}
 _403: dict[int | str, dict[str, Any]] = {403: {"description": "authenticated, but not allowed"}}
@@ -47,13 +50,19 @@ _403: dict[int | str, dict[str, Any]] = {403: {"description": "authenticated, bu
     "/register",
     status_code=status.HTTP_201_CREATED,
     summary="Create an account (anyone)",
+    dependencies=[Depends(limit_register)],
     responses={409: {"description": "email already registered"}},
 )
 async def register(user_in: UserCreate, session: Session) -> UserRead:
     return UserRead.model_validate(await service.create(session, user_in=user_in))
 
 
-@auth.post("/token", summary="Sign in with email and password (anyone)", responses=_401)
+@auth.post(
+    "/token",
+    summary="Sign in with email and password (anyone)",
+    responses=_401,
+    dependencies=[Depends(limit_login)],
+)
 async def token(form: CredentialsForm, session: Session, policy: Policy) -> TokenPair:
     user = await service.authenticate(session, email=form.username, password=form.password)
     return await service.login(session, user=user, policy=policy)
@@ -62,6 +71,7 @@ async def token(form: CredentialsForm, session: Session, policy: Policy) -> Toke
 @auth.post(
     "/refresh",
     summary="Rotate a refresh token (holder of the refresh token)",
+    dependencies=[RateLimited],
     responses=_401,
 )
 async def refresh(body: RefreshRequest, session: Session, policy: Policy) -> TokenPair:
@@ -72,6 +82,7 @@ async def refresh(body: RefreshRequest, session: Session, policy: Policy) -> Tok
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Revoke the session of a refresh token (holder of the refresh token)",
+    dependencies=[RateLimited],
 )
 async def logout(body: RefreshRequest, session: Session, policy: Policy) -> Response:
     await service.logout(session, token=body.refresh_token, policy=policy)
@@ -80,7 +91,7 @@ async def logout(body: RefreshRequest, session: Session, policy: Policy) -> Resp
 
 @users.get("/me", summary="Own profile (any user)", responses=_401)
 async def read_me(user: CurrentUser) -> UserRead:
-    return UserRead.model_validate(user)
+    return UserRead.model_validate(user, from_attributes=True)
 
 
 @users.patch(
@@ -93,8 +104,11 @@ async def update_me(
 ) -> UserRead:
     if change.new_password is not None and principal.session_id is None:
         raise Forbidden("changing the password needs a signed-in session, not an API key")
+    stored = await service.get(session, user.id)
+    if stored is None:
+        raise Unauthorized("account no longer exists")
     updated = await service.update_me(
-        session, user=user, change=change, current_session=principal.session_id
+        session, user=stored, change=change, current_session=principal.session_id
     )
     return UserRead.model_validate(updated)
 
@@ -114,7 +128,7 @@ async def create_api_key(
 ) -> ApiKeyCreated:
     return await service.create_api_key(
         session,
-        user=user,
+        user_id=user.id,
         key_in=key_in,
         allowed_scopes=principal.scopes,
         digest_key=policy.digest_key,

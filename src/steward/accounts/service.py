@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import and_, or_, select, update
@@ -22,6 +23,7 @@ from steward.accounts.schemas import (
 )
 from steward.accounts.scopes import Role, scopes_for
 from steward.platform import security
+from steward.platform.cache import invalidate_after_commit
 from steward.platform.errors import (
     Conflict,
     Forbidden,
@@ -47,6 +49,59 @@ class RefreshTokenReused(Unauthorized):
 
     slug = "refresh-token-reused"
     keeps_changes = True
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What a request needs to know about its user; cached, so it is plain data."""
+
+    id: uuid.UUID
+    email: str
+    display_name: str | None
+    role: str
+    is_active: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> Account:
+        return cls(
+            id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            role=user.role,
+            is_active=user.is_active,
+            created_at=user.created_at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "email": self.email,
+            "display_name": self.display_name,
+            "role": self.role,
+            "is_active": self.is_active,
+            "created_at": self.created_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Account:
+        return cls(
+            id=uuid.UUID(data["id"]),
+            email=data["email"],
+            display_name=data["display_name"],
+            role=data["role"],
+            is_active=data["is_active"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+        )
+
+
+def user_namespace(user_id: uuid.UUID) -> str:
+    """Cache namespace of everything derived from one user's account and sessions."""
+    return f"user:{user_id}"
+
+
+def api_key_namespace(digest: str) -> str:
+    return f"apikey:{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +169,7 @@ async def update_me(
         log.info("user.password_changed", user_id=str(user.id), sessions_revoked=revoked)
     user.updated_at = _now()
     await session.flush()
+    invalidate_after_commit(session, user_namespace(user.id))
     return user
 
 
@@ -154,6 +210,7 @@ async def admin_update(
             await revoke_sessions(session, user_id=user.id, keep=None, reason="disabled")
     user.updated_at = _now()
     await session.flush()
+    invalidate_after_commit(session, user_namespace(user.id))
     log.info("user.admin_updated", user_id=str(user.id), role=user.role, active=user.is_active)
     return user
 
@@ -246,6 +303,7 @@ async def revoke_session(session: AsyncSession, login_session: Session, *, reaso
         login_session.revoked_at = _now()
         login_session.revoked_reason = reason
         await session.flush()
+        invalidate_after_commit(session, user_namespace(login_session.user_id))
 
 
 async def revoke_sessions(
@@ -259,6 +317,7 @@ async def revoke_sessions(
     if keep is not None:
         query = query.where(Session.id != keep)
     result = await session.execute(query)
+    invalidate_after_commit(session, user_namespace(user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -285,7 +344,7 @@ async def active_session_user(
 async def create_api_key(
     session: AsyncSession,
     *,
-    user: User,
+    user_id: uuid.UUID,
     key_in: ApiKeyCreate,
     allowed_scopes: frozenset[str],
     digest_key: str,
@@ -301,7 +360,7 @@ async def create_api_key(
         )
     secret = security.new_secret(API_KEY_PREFIX)
     key = ApiKey(
-        user_id=user.id,
+        user_id=user_id,
         name=key_in.name,
         prefix=secret[:_API_KEY_VISIBLE],
         key_hash=security.secret_digest(secret, key=digest_key),
@@ -310,7 +369,7 @@ async def create_api_key(
     )
     session.add(key)
     await session.flush()
-    log.info("api_key.created", user_id=str(user.id), api_key_id=str(key.id), scopes=key.scopes)
+    log.info("api_key.created", user_id=str(user_id), api_key_id=str(key.id), scopes=key.scopes)
     return ApiKeyCreated(
         id=key.id,
         name=key.name,
@@ -339,14 +398,12 @@ async def revoke_api_key(session: AsyncSession, *, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = _now()
         await session.flush()
+        invalidate_after_commit(session, api_key_namespace(key.key_hash))
         log.info("api_key.revoked", api_key_id=str(key.id))
 
 
-async def resolve_api_key(
-    session: AsyncSession, *, secret: str, digest_key: str
-) -> tuple[ApiKey, User] | None:
-    """The live key and its active owner for a presented secret, or None."""
-    digest = security.secret_digest(secret, key=digest_key)
+async def resolve_api_key(session: AsyncSession, *, digest: str) -> tuple[ApiKey, User] | None:
+    """The live key and its active owner for a secret's digest, or None."""
     now = _now()
     row = (
         await session.execute(

@@ -99,6 +99,8 @@ async def session_scope(
         except StewardError as exc:
             if exc.keeps_changes:
                 await session.commit()
+                if after_commit is not None:
+                    await after_commit(session)
             else:
                 await session.rollback()
             raise

@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis as _Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.platform.cache import Cache as _Cache
+from steward.platform.cache import flush_invalidations
 from steward.platform.db import session_scope
 from steward.platform.pubsub import flush_pending
 from steward.platform.resources import Resources
@@ -35,12 +37,17 @@ async def get_redis(request: Request) -> _Redis:
     return resources_of(request).redis
 
 
+async def get_cache(request: Request) -> _Cache:
+    return resources_of(request).cache
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session and transaction per request, committed before the response is sent;
     events queued during it are published once it has committed."""
     resources = resources_of(request)
 
     async def publish(session: AsyncSession) -> None:
+        await flush_invalidations(session, resources.cache)
         await flush_pending(session, resources.redis)
 
     async with session_scope(resources.sessionmaker, after_commit=publish) as session:
@@ -49,6 +56,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 Settings = Annotated[_Settings, Depends(get_settings)]
 Redis = Annotated[_Redis, Depends(get_redis)]
+Cache = Annotated[_Cache, Depends(get_cache)]
 # scope="function": commit (or roll back) as soon as the endpoint returns, so a failed
 # commit becomes an error response instead of a 2xx for data that was never saved.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -6,7 +6,7 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from steward.platform.errors import PROBLEM_CONTENT_TYPE, problem_body, problem_bytes
 from steward.platform.logging import access_logger
 from steward.platform.metrics import UNHANDLED_ERRORS, route_template
+from steward.platform.proxies import Network, client_ip
 
 log = structlog.get_logger("steward.http")
 
@@ -72,9 +73,16 @@ class RequestContextMiddleware:
     the server logs the same traceback again; catching here logs it exactly once.
     """
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: bool = True,
+        trusted_proxies: Sequence[Network] = (),
+    ) -> None:
         self.app = app
         self.access_log = access_log
+        self.trusted_proxies = tuple(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -83,8 +91,8 @@ class RequestContextMiddleware:
         request_id = _incoming_request_id(scope["headers"]) or new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        client = scope.get("client")
-        client_ip = client[0] if client else None
+        ip = client_ip(scope, self.trusted_proxies)
+        state["client_ip"] = ip
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
 
@@ -100,7 +108,14 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded_id)]
+                # Dependencies (rate limits) leave headers here that must reach every
+                # response, errors included, whatever response object the route returns.
+                extra = state.get("response_headers", ())
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    *extra,
+                    (REQUEST_ID_HEADER, encoded_id),
+                ]
             await send(message)
 
         try:
@@ -128,7 +143,7 @@ class RequestContextMiddleware:
                     path=scope["path"],
                     status=status,
                     duration_ms=round((time.perf_counter() - start) * 1000, 2),
-                    client_ip=client_ip,
+                    client_ip=ip,
                     user_id=state.get("user_id"),
                 )
 

@@ -8,8 +8,33 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from steward.platform import db
+from steward.platform.cache import Cache
+from steward.platform.proxies import Network, parse_networks
+from steward.platform.ratelimit import Policy, RateLimiter
 from steward.platform.redis import create_redis
 from steward.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicies:
+    anonymous: Policy
+    authenticated: Policy
+    login: Policy
+    assistant: Policy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimitPolicies:
+        fail_open = settings.rate_limit_fail_open
+        return cls(
+            anonymous=Policy.parse("anonymous", settings.rate_limit_anonymous, fail_open=fail_open),
+            authenticated=Policy.parse(
+                "authenticated", settings.rate_limit_authenticated, fail_open=fail_open
+            ),
+            login=Policy.parse(
+                "login", settings.rate_limit_login, fail_open=settings.rate_limit_login_fail_open
+            ),
+            assistant=Policy.parse("assistant", settings.rate_limit_assistant, fail_open=fail_open),
+        )
 
 
 @dataclass(slots=True)
@@ -18,16 +43,25 @@ class Resources:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis
+    cache: Cache
+    limiter: RateLimiter
+    policies: RateLimitPolicies
+    trusted_proxies: tuple[Network, ...]
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
         database_url, redis_url = settings.require_engines()
         engine = db.create_engine(settings, url=database_url)
+        redis = create_redis(settings, url=redis_url)
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=db.create_sessionmaker(engine),
-            redis=create_redis(settings, url=redis_url),
+            redis=redis,
+            cache=Cache(redis, enabled=settings.cache_enabled),
+            limiter=RateLimiter(redis),
+            policies=RateLimitPolicies.from_settings(settings),
+            trusted_proxies=parse_networks(settings.trusted_proxies),
         )
 
     async def close(self) -> None:

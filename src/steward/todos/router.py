@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AwareDatetime
 
+from steward.accounts.deps import RateLimited
 from steward.platform.api import API_V1
 from steward.platform.deps import Session
 from steward.platform.pagination import Cursor, Limit, Page
@@ -23,7 +24,7 @@ from steward.todos.deps import (
 from steward.todos.models import Todo
 from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
 
-router = APIRouter(prefix=f"{API_V1}/todos", tags=["todos"])
+router = APIRouter(prefix=f"{API_V1}/todos", tags=["todos"], dependencies=[RateLimited])
 
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid credentials"},
