@@ -83,9 +83,9 @@ class Cache:
     def _version_key(self, namespace: str) -> str:
         return f"{self._prefix}:ver:{namespace}"
 
-    def _ttl(self, seconds: float) -> int:
+    def _ttl(self, seconds: float) -> float:
         """Seconds with random jitter, so entries written together do not expire together."""
-        return max(1, round(seconds * (1 + random.uniform(-self._jitter, self._jitter))))  # noqa: S311
+        return seconds * (1 + random.uniform(-self._jitter, self._jitter))  # noqa: S311
 
     async def get_or_compute(
         self,
@@ -157,7 +157,7 @@ class Cache:
             await self._redis.set(
                 entry_key,
                 orjson.dumps(body, default=str),
-                ex=fresh + (0 if negative else int(stale_s)),
+                px=max(1, int((fresh + (0 if negative else stale_s)) * 1000)),
             )
         except (RedisError, OSError) as exc:
             log.warning("cache.store_failed", error=type(exc).__name__)

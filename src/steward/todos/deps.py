@@ -23,17 +23,12 @@ def _owner(principal: Principal) -> uuid.UUID:
     return owner
 
 
-async def owned_todo(todo_id: TodoId, principal: TodosReader, session: Session) -> Todo:
-    return await service.get(session, owner_id=_owner(principal), todo_id=todo_id)
-
-
 async def owned_todo_for_update(todo_id: TodoId, principal: TodosWriter, session: Session) -> Todo:
     # Row lock: concurrent writers queue up, so versions increase one at a time and an
     # If-Match check cannot race with another update.
     return await service.get(session, owner_id=_owner(principal), todo_id=todo_id, for_update=True)
 
 
-OwnedTodo = Annotated[Todo, Depends(owned_todo)]
 OwnedTodoForUpdate = Annotated[Todo, Depends(owned_todo_for_update)]
 IfMatch = Annotated[
     str | None,

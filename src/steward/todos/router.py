@@ -9,14 +9,14 @@ from pydantic import AwareDatetime
 
 from steward.accounts.deps import RateLimited
 from steward.platform.api import API_V1
-from steward.platform.deps import Session
+from steward.platform.deps import Cache, Session, Settings
 from steward.platform.pagination import Cursor, Limit, Page
 from steward.todos import service
 from steward.todos.deps import (
     IdempotencyKey,
     IfMatch,
-    OwnedTodo,
     OwnedTodoForUpdate,
+    TodoId,
     TodosReader,
     TodosWriter,
     owner_of,
@@ -72,6 +72,8 @@ async def create_todo(
 async def list_todos(
     principal: TodosReader,
     session: Session,
+    cache: Cache,
+    settings: Settings,
     limit: Limit = 20,
     cursor: Cursor = None,
     done: bool | None = None,
@@ -88,6 +90,11 @@ async def list_todos(
         tags=tuple(t.strip().lower() for t in tag),
         q=q,
     )
+    if cursor is None and filters == service.TodoFilter() and sort is TodoSort.CREATED_DESC:
+        page = await service.first_page_cached(
+            session, cache, owner_id=owner_of(principal), limit=limit, ttl_s=settings.cache_ttl_s
+        )
+        return Page[TodoRead].model_validate(page)
     todos, next_cursor = await service.list_todos(
         session,
         owner_id=owner_of(principal),
@@ -101,8 +108,20 @@ async def list_todos(
 
 @router.get("/{todo_id}", summary="Read one own todo, with its ETag (scope todos:read)",
             responses=_ONE)  # fmt: skip
-async def read_todo(todo: OwnedTodo, response: Response) -> TodoRead:
-    return _read(todo, response)
+async def read_todo(
+    todo_id: TodoId,
+    principal: TodosReader,
+    session: Session,
+    cache: Cache,
+    settings: Settings,
+    response: Response,
+) -> TodoRead:
+    body = await service.read_cached(
+        session, cache, owner_id=owner_of(principal), todo_id=todo_id, ttl_s=settings.cache_ttl_s
+    )
+    todo = TodoRead.model_validate(body)
+    response.headers["ETag"] = f'"{todo.version}"'
+    return todo
 
 
 @router.patch("/{todo_id}", summary="Change an own todo (scope todos:write)",

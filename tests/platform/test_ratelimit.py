@@ -1,0 +1,140 @@
+"""Rate limits: shared across app instances through Redis, IETF headers, 429 problems,
+trusted proxies only, and the failure modes when Redis is unreachable."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+from steward.app import create_app
+from tests.conftest import make_settings
+from tests.engines import EngineSet
+from tests.factories import PASSWORD, make_account
+
+TODOS = "/api/v1/todos"
+
+
+@asynccontextmanager
+async def serve(engines: EngineSet, *, client_ip: str = "10.1.1.1",
+                **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:  # fmt: skip
+    app = create_app(make_settings(engines, **overrides))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=(client_ip, 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_limit_is_shared_by_two_instances(engines: EngineSet, clean_state: None) -> None:
+    limits = {"rate_limit_authenticated": "6/minute"}
+    async with serve(engines, **limits) as a, serve(engines, **limits) as b:
+        account = await make_account(a)
+        statuses = []
+        for i in range(7):
+            response = await (a if i % 2 else b).get(TODOS, headers=account.headers)
+            statuses.append(response.status_code)
+        assert statuses == [200] * 6 + [429]
+        # Whichever instance the next request reaches, it is still limited.
+        assert (await a.get(TODOS, headers=account.headers)).status_code == 429
+        assert (await b.get(TODOS, headers=account.headers)).status_code == 429
+        # Another user has a budget of their own.
+        other = await make_account(b)
+        assert (await a.get(TODOS, headers=other.headers)).status_code == 200
+
+
+async def test_headers_and_problem(engines: EngineSet, clean_state: None) -> None:
+    async with serve(engines, rate_limit_authenticated="2/minute") as http:
+        account = await make_account(http)
+        first = await http.get(TODOS, headers=account.headers)
+        assert first.headers["ratelimit-policy"] == '"authenticated";q=2;w=60'
+        assert first.headers["ratelimit"].startswith('"authenticated";r=1;t=')
+        await http.get(TODOS, headers=account.headers)
+        limited = await http.get(TODOS, headers=account.headers)
+        assert limited.status_code == 429
+        assert limited.headers["content-type"] == "application/problem+json"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert limited.headers["ratelimit"].startswith('"authenticated";r=0;t=')
+        body = limited.json()
+        assert body["status"] == 429
+        assert body["request_id"] == limited.headers["x-request-id"]
+
+
+async def test_anonymous_limit_is_per_ip(engines: EngineSet, clean_state: None) -> None:
+    async with (
+        serve(engines, rate_limit_anonymous="3/minute", client_ip="10.0.0.1") as one,
+        serve(engines, rate_limit_anonymous="3/minute", client_ip="10.0.0.2") as two,
+    ):
+        assert [(await one.get(TODOS)).status_code for _ in range(4)] == [401, 401, 401, 429]
+        assert (await two.get(TODOS)).status_code == 401
+
+
+async def test_forwarded_for_counts_only_from_trusted_proxies(
+    engines: EngineSet, clean_state: None
+) -> None:
+    limits = {"rate_limit_anonymous": "2/minute"}
+    async with serve(engines, client_ip="203.0.113.9", **limits) as direct:
+        spoofed = [
+            (await direct.get(TODOS, headers={"x-forwarded-for": f"198.51.100.{i}"})).status_code
+            for i in range(3)
+        ]
+        assert spoofed == [401, 401, 429]  # one peer, whatever it claims
+    async with serve(
+        engines, client_ip="10.9.9.9", trusted_proxies="10.0.0.0/8", **limits
+    ) as proxied:
+        for i in range(3):
+            response = await proxied.get(
+                TODOS, headers={"x-forwarded-for": f"1.2.3.4, 198.51.100.{i}"}
+            )
+            assert response.status_code == 401  # three different clients behind the proxy
+
+
+async def test_login_is_limited_per_account_across_addresses(
+    engines: EngineSet, clean_state: None
+) -> None:
+    overrides = {"rate_limit_login": "3/minute", "trusted_proxies": "10.0.0.0/8"}
+    async with serve(engines, client_ip="10.0.0.5", **overrides) as http:
+        await make_account(http, email="target@example.com")  # register + sign in: 2 hits
+        statuses = []
+        for i in range(3):
+            response = await http.post(
+                "/api/v1/auth/token",
+                data={"username": "target@example.com", "password": "guess-guess-1"},
+                headers={"x-forwarded-for": f"198.51.100.{i}"},
+            )
+            statuses.append(response.status_code)
+        assert statuses == [401, 429, 429]
+
+
+async def test_redis_down_fails_open_but_login_fails_closed(
+    engines: EngineSet, clean_state: None
+) -> None:
+    async with serve(engines) as healthy:
+        account = await make_account(healthy)
+        await healthy.post(TODOS, json={"title": "kept"}, headers=account.headers)
+    broken = {"redis_url": f"redis://127.0.0.1:{_closed_port()}/0", "redis_connect_timeout_s": 0.2}
+    async with serve(engines, **broken) as http:
+        listed = await http.get(TODOS, headers=account.headers)
+        assert listed.status_code == 200
+        assert [t["title"] for t in listed.json()["items"]] == ["kept"]
+        assert "ratelimit" not in listed.headers
+        assert (await http.get("/api/v1/users/me", headers=account.headers)).status_code == 200
+        login = await http.post(
+            "/api/v1/auth/token", data={"username": account.email, "password": PASSWORD}
+        )
+        assert login.status_code == 503
+        assert login.headers["content-type"] == "application/problem+json"
+    async with serve(engines, rate_limit_login_fail_open=True, **broken) as lenient:
+        login = await lenient.post(
+            "/api/v1/auth/token", data={"username": account.email, "password": PASSWORD}
+        )
+        assert login.status_code == 200
