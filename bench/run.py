@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,10 +182,17 @@ def main() -> None:
             "LOG_LEVEL": "INFO",
             "ACCESS_TOKEN_TTL_S": "86400",
         }
+        steward_env["RATE_LIMIT_AUTHENTICATED"] = "1000000000/minute"  # counted, never hit
         servers = {
             "raw-asgi": Server("raw-asgi", [], base_env, free_port()),
             "bare-fastapi": Server("bare-fastapi", [], base_env, free_port()),
             "steward": Server("steward", [], steward_env, free_port()),
+            "steward-nocache": Server(
+                "steward-nocache", [], {**steward_env, "CACHE_ENABLED": "false"}, free_port()
+            ),
+            "steward-nolimit": Server(
+                "steward-nolimit", [], {**steward_env, "RATE_LIMIT_ENABLED": "false"}, free_port()
+            ),
         }
         servers["raw-asgi"].argv = uvicorn_argv(
             "bench.baselines:raw_asgi", servers["raw-asgi"].port
@@ -192,11 +200,16 @@ def main() -> None:
         servers["bare-fastapi"].argv = uvicorn_argv(
             "bench.baselines:bare_fastapi", servers["bare-fastapi"].port
         )
-        servers["steward"].argv = [
-            PYTHON, "-m", "steward", "api", "--port", str(servers["steward"].port),
-        ]  # fmt: skip
+        for name in ("steward", "steward-nocache", "steward-nolimit"):
+            servers[name].argv = [PYTHON, "-m", "steward", "api", "--port", str(servers[name].port)]
 
-        with serve(servers["raw-asgi"]), serve(servers["bare-fastapi"]), serve(servers["steward"]):
+        with (
+            serve(servers["raw-asgi"]),
+            serve(servers["bare-fastapi"]),
+            serve(servers["steward"]),
+            serve(servers["steward-nocache"]),
+            serve(servers["steward-nolimit"]),
+        ):
             auth = {"Authorization": f"Bearer {seed_user(servers['steward'].base)}"}
             scenarios = [
                 Scenario("raw ASGI /health", "raw-asgi", "/health", 50),
@@ -206,6 +219,10 @@ def main() -> None:
                 Scenario("Steward GET /api/v1/users/me", "steward", "/api/v1/users/me", 50, auth),
                 Scenario("Steward GET /api/v1/todos?limit=20", "steward",
                          "/api/v1/todos?limit=20", 50, auth),
+                Scenario("Steward GET /api/v1/todos?limit=20, cache off", "steward-nocache",
+                         "/api/v1/todos?limit=20", 50, auth),
+                Scenario("Steward GET /api/v1/users/me, rate limiter off", "steward-nolimit",
+                         "/api/v1/users/me", 50, auth),
                 Scenario("Steward GET /api/v1/todos?limit=20, burst", "steward",
                          "/api/v1/todos?limit=20", 200, auth),
             ]  # fmt: skip
@@ -227,10 +244,43 @@ def main() -> None:
                         f"errors {result.errors}",
                         flush=True,
                     )
-        write_results(scenarios, args, engines.kind)
+            limiter = anyio.run(limiter_overhead, engines.redis_url)
+        write_results(scenarios, args, engines.kind, limiter)
 
 
-def write_results(scenarios: list[Scenario], args: argparse.Namespace, engines: str) -> None:
+async def limiter_overhead(redis_url: str, n: int = 3000) -> dict[str, float]:
+    """In-process cost of one rate-limit check, next to a bare Redis PING on the same pool."""
+    from redis.asyncio import Redis
+
+    from steward.platform.ratelimit import Policy, RateLimiter
+
+    redis = Redis.from_url(redis_url)
+    limiter = RateLimiter(redis)
+    policy = Policy.parse("bench", "1000000000/minute")
+    samples: dict[str, list[float]] = {"ping": [], "check": []}
+    try:
+        for _ in range(200):
+            await limiter.hit(policy, "warm")
+        for _ in range(n):
+            start = time.perf_counter()
+            await redis.ping()
+            samples["ping"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await limiter.hit(policy, "user:bench")
+            samples["check"].append(time.perf_counter() - start)
+    finally:
+        await redis.aclose()
+    result = {}
+    for name, values in samples.items():
+        values.sort()
+        result[f"{name}_p50_ms"] = values[len(values) // 2] * 1000
+        result[f"{name}_p99_ms"] = values[int(len(values) * 0.99)] * 1000
+    return result
+
+
+def write_results(
+    scenarios: list[Scenario], args: argparse.Namespace, engines: str, limiter: dict[str, float]
+) -> None:
     raw = next(s for s in scenarios if s.server == "raw-asgi").median("rps")
     bare = next(s for s in scenarios if s.server == "bare-fastapi").median("rps")
     lines = [
@@ -267,13 +317,21 @@ def write_results(scenarios: list[Scenario], args: argparse.Namespace, engines: 
         ),
         "```",
         "",
+        "Rate-limit check in process (`RateLimiter.hit`: sliding-window hit + window stats, two "
+        f"Redis round trips), {3000} sequential calls: p50 {limiter['check_p50_ms']:.3f} ms, "
+        f"p99 {limiter['check_p99_ms']:.3f} ms; a bare Redis PING on the same pool: p50 "
+        f"{limiter['ping_p50_ms']:.3f} ms, p99 {limiter['ping_p99_ms']:.3f} ms.",
+        "",
         "Servers:",
         "",
         "- raw ASGI: `python -m uvicorn bench.baselines:raw_asgi --workers 1 --no-access-log`",
         "- bare FastAPI: `python -m uvicorn bench.baselines:bare_fastapi --workers 1 "
         "--no-access-log`",
         "- Steward: `steward api` with ENVIRONMENT=prod, JSON logs at INFO (access log on, "
-        "written to a file), metrics, request id, security headers, body limit",
+        "written to a file), metrics, request id, security headers, body limit, rate limits "
+        "checked on every API call (authenticated budget raised so the load is counted, never "
+        "refused), Redis cache on; `steward-nocache` sets CACHE_ENABLED=false, "
+        "`steward-nolimit` RATE_LIMIT_ENABLED=false",
         "",
     ]
     RESULTS.write_text("\n".join(lines))
