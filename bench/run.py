@@ -334,6 +334,9 @@ def write_results(
         "`steward-nolimit` RATE_LIMIT_ENABLED=false",
         "",
     ]
+    # A hand-written "## Analysis" section (profiles, conclusions) survives regeneration.
+    if RESULTS.exists() and "\n## Analysis" in RESULTS.read_text():
+        lines += ["## Analysis" + RESULTS.read_text().split("\n## Analysis", 1)[1].rstrip(), ""]
     RESULTS.write_text("\n".join(lines))
     print(f"wrote {RESULTS}")
 
