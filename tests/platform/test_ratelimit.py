@@ -138,3 +138,30 @@ async def test_redis_down_fails_open_but_login_fails_closed(
             "/api/v1/auth/token", data={"username": account.email, "password": PASSWORD}
         )
         assert login.status_code == 200
+
+
+async def test_sliding_window_counts_atomically_and_recovers(
+    engines: EngineSet, clean_state: None
+) -> None:
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from steward.platform.ratelimit import Policy, RateLimiter
+
+    redis = Redis.from_url(engines.redis_url)
+    try:
+        limiter = RateLimiter(redis)
+        policy = Policy.parse("unit", "20/second")
+        decisions = await asyncio.gather(*(limiter.hit(policy, "k") for _ in range(50)))
+        assert sum(d.allowed for d in decisions) == 20
+        assert sorted(d.remaining for d in decisions if d.allowed) == list(range(20))
+        assert all(d.remaining == 0 for d in decisions if not d.allowed)
+        assert all(1 <= d.reset_s <= 1 for d in decisions)
+        assert (await limiter.hit(policy, "other-key")).allowed
+        await asyncio.sleep(2.1)  # two windows later nothing of the burst is left
+        again = await limiter.hit(policy, "k")
+        assert again.allowed
+        assert again.remaining == 19
+    finally:
+        await redis.aclose()
