@@ -318,7 +318,7 @@ def write_results(
         "```",
         "",
         "Rate-limit check in process (`RateLimiter.hit`: one sliding-window Lua script, one "
-        f"Redis round trips), {3000} sequential calls: p50 {limiter['check_p50_ms']:.3f} ms, "
+        f"Redis round trip), {3000} sequential calls: p50 {limiter['check_p50_ms']:.3f} ms, "
         f"p99 {limiter['check_p99_ms']:.3f} ms; a bare Redis PING on the same pool: p50 "
         f"{limiter['ping_p50_ms']:.3f} ms, p99 {limiter['ping_p99_ms']:.3f} ms.",
         "",

@@ -42,6 +42,17 @@ def _settings_or_exit() -> Settings:
     return settings
 
 
+def _settings_with_engines() -> Settings:
+    """Settings for a command that connects to PostgreSQL and Redis itself."""
+    settings = _settings_or_exit()
+    try:
+        settings.require_engines()
+    except ConfigError as exc:
+        console.print(f"[red]steward: {exc}[/red]")
+        raise typer.Exit(3) from None
+    return settings
+
+
 def _configure_logs(settings: Settings) -> None:
     from steward.platform.logging import configure_logging
 
@@ -192,12 +203,7 @@ def api(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve the HTTP API with uvicorn (production: gunicorn -c deploy/gunicorn.conf.py)."""
-    settings = _settings_or_exit()
-    try:
-        settings.require_engines()
-    except ConfigError as exc:
-        console.print(f"[red]steward: {exc}[/red]")
-        raise typer.Exit(3) from None
+    settings = _settings_with_engines()
     _configure_logs(settings)
     import uvicorn
 
@@ -217,12 +223,7 @@ def api(
 
 
 def _celery(args: list[str]) -> None:
-    settings = _settings_or_exit()
-    try:
-        settings.require_engines()
-    except ConfigError as exc:
-        console.print(f"[red]steward: {exc}[/red]")
-        raise typer.Exit(3) from None
+    _settings_with_engines()
     from steward.jobs import app as celery_app
 
     celery_app.start(args)
@@ -247,15 +248,11 @@ def migrate(
     revision: Annotated[str, typer.Argument(help="target revision")] = "head",
 ) -> None:
     """Apply database migrations (to `head` by default)."""
-    settings = _settings_or_exit()
+    settings = _settings_with_engines()
     _configure_logs(settings)
     from steward.platform import migrations
 
-    try:
-        database_url, _ = settings.require_engines()
-    except ConfigError as exc:
-        console.print(f"[red]steward: {exc}[/red]")
-        raise typer.Exit(3) from None
+    database_url, _ = settings.require_engines()
     migrations.upgrade(database_url, revision)
     console.print(f"database at {revision}")
 
@@ -281,12 +278,7 @@ def create_user(
 
     from steward.accounts.schemas import UserCreate
 
-    settings = _settings_or_exit()
-    try:
-        settings.require_engines()
-    except ConfigError as exc:
-        console.print(f"[red]steward: {exc}[/red]")
-        raise typer.Exit(3) from None
+    settings = _settings_with_engines()
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     try:
