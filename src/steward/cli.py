@@ -99,6 +99,10 @@ class _Supervisor:
         self.stopping = True
         console.print(f"[bold]{signal.Signals(signum).name} received; stopping…[/bold]")
 
+    def is_stopping(self) -> bool:
+        # A method, not the attribute: a signal handler may flip it between two checks.
+        return self.stopping
+
     def exited(self) -> _Child | None:
         for child in self.children:
             if child.process is not None and child.process.poll() is not None:
@@ -111,6 +115,26 @@ class _Supervisor:
         deadline = time.monotonic() + STOP_GRACE_S
         for child in self.children:
             child.wait(deadline)
+
+
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+
+
+def _wait_healthy(url: str, child: _Child, supervisor: _Supervisor, timeout: float = 180) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not supervisor.is_stopping():
+        if child.process is None or child.process.poll() is not None:
+            return False
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 @cli.command()
@@ -146,35 +170,37 @@ def run(
             )
             env.setdefault("DATABASE_URL", settings.database_url or urls.database_url)
             env.setdefault("REDIS_URL", settings.redis_url or urls.redis_url)
-        database_url = env["DATABASE_URL"]
-
-        from steward.platform import migrations
-
-        with console.status("applying migrations"):
-            migrations.upgrade(database_url)
-
         python = sys.executable
-        supervisor.children.append(
-            _Child("api", [python, "-m", "steward", "api", "--host", host, "--port", str(port)])
+        api = _Child(
+            "api",
+            [python, "-m", "steward", "api", "--host", host, "--port", str(port), "--migrate"],
         )
-        if worker:
-            supervisor.children.append(_Child("worker", [python, "-m", "steward", "worker"]))
-        if beat:
-            supervisor.children.append(_Child("beat", [python, "-m", "steward", "beat"]))
-        if supervisor.stopping:
+        supervisor.children.append(api)
+        if supervisor.is_stopping():
             return
-        for child in supervisor.children:
-            child.start(env)
-
+        # The API applies migrations, then serves; worker and beat start once it answers, so
+        # that three interpreters do not compete for the CPU while the API boots.
+        api.start(env)
         base = f"http://{host}:{port}"
+        if not _wait_healthy(f"http://{_probe_host(host)}:{port}/health", api, supervisor):
+            if supervisor.is_stopping():
+                return
+            console.print("[red]the API did not start; see its log above[/red]")
+            raise typer.Exit(1)
+        for name, wanted in (("worker", worker), ("beat", beat)):
+            if wanted:
+                child = _Child(name, [python, "-m", "steward", name])
+                supervisor.children.append(child)
+                child.start(env)
+
         console.print(
-            f"\n[bold green]Steward is starting[/bold green] at {base}\n"
+            f"\n[bold green]Steward is running[/bold green] at {base}\n"
             f"  docs     {base}/docs\n"
             f"  health   {base}/health   ready {base}/ready\n"
             f"  metrics  {base}/metrics\n"
             "Ctrl-C stops everything.\n"
         )
-        while not supervisor.stopping:
+        while not supervisor.is_stopping():
             gone = supervisor.exited()
             if gone is not None:
                 assert gone.process is not None
@@ -201,10 +227,15 @@ def api(
     host: Annotated[str | None, typer.Option(envvar="HOST")] = None,
     port: Annotated[int | None, typer.Option(envvar="PORT")] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    migrate: Annotated[bool, typer.Option(help="apply migrations before serving")] = False,
 ) -> None:
     """Serve the HTTP API with uvicorn (production: gunicorn -c deploy/gunicorn.conf.py)."""
     settings = _settings_with_engines()
     _configure_logs(settings)
+    if migrate:
+        from steward.platform import migrations
+
+        migrations.upgrade(settings.require_engines()[0])
     import uvicorn
 
     from steward.platform.logging import uvicorn_log_config

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -19,9 +20,13 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 ALGORITHM = "HS256"
 
 _password_hash = PasswordHash((Argon2Hasher(),))
-# Verifying against this when an account does not exist makes "no such user" cost the same
-# time as "wrong password", so response timing does not reveal which emails are registered.
-_DUMMY_HASH = _password_hash.hash("steward-timing-equaliser")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this when an account does not exist makes "no such user" cost the
+    same time as "wrong password", so timing does not reveal which emails are registered."""
+    return _password_hash.hash("steward-timing-equaliser")
 
 
 async def hash_password(password: str) -> str:
@@ -34,7 +39,7 @@ async def verify_password(password: str, password_hash: str | None) -> bool:
 
     def verify() -> bool:
         if password_hash is None:
-            _password_hash.verify(password, _DUMMY_HASH)
+            _password_hash.verify(password, _dummy_hash())
             return False
         return _password_hash.verify(password, password_hash)
 
