@@ -108,7 +108,10 @@ async def session_scope(
             await session.rollback()
             raise
         else:
-            await session.commit()
+            # A request that never touched the database (everything came from the cache)
+            # has nothing to commit; skipping it saves SQLAlchemy's commit machinery.
+            if session.in_transaction():
+                await session.commit()
             if after_commit is not None:
                 await after_commit(session)
 
