@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
 from steward.accounts import router as accounts_router
+from steward.notifications import router as realtime_router
 from steward.platform import errors, health
 from steward.platform.logging import configure_logging
 from steward.platform.metrics import MetricsMiddleware
@@ -103,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install_handlers(app)
     app.include_router(health.router)
-    for router in (*accounts_router.routers, todos_router.router):
+    for router in (*accounts_router.routers, todos_router.router, realtime_router.router):
         app.include_router(router)
     return app
 

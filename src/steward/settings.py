@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     cache_enabled: bool = True
     cache_ttl_s: float = Field(default=60.0, gt=0)
 
+    # Realtime
+    realtime_heartbeat_s: float = Field(default=15.0, gt=0)
+    realtime_max_lifetime_s: float = Field(default=3600.0, gt=0)
+    realtime_queue_size: int = Field(default=100, ge=1)
+
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"

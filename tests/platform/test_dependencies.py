@@ -47,6 +47,7 @@ def test_no_route_has_a_sync_dependency(app: FastAPI) -> None:
     assert len(routes) >= 15
     for route in routes:
         offenders.extend(_sync_dependencies(route.dependant, route.path))
-        if not inspect.iscoroutinefunction(route.endpoint):
-            offenders.append(f"{route.path}: endpoint {route.endpoint.__qualname__}")
+        endpoint = route.endpoint
+        if not (inspect.iscoroutinefunction(endpoint) or inspect.isasyncgenfunction(endpoint)):
+            offenders.append(f"{route.path}: endpoint {endpoint.__qualname__}")
     assert offenders == []

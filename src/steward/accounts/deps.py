@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import Depends, Form, Request, Security
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from steward.accounts import service
 from steward.accounts.models import User
@@ -22,6 +24,7 @@ from steward.accounts.service import Account, TokenPolicy
 from steward.platform import security
 from steward.platform.api import API_V1
 from steward.platform.cache import MISSING
+from steward.platform.db import session_scope
 from steward.platform.deps import Session, Settings, resources_of
 from steward.platform.errors import Forbidden, NotFound, Unauthorized
 from steward.platform.ratelimit import Decision, enforce
@@ -61,19 +64,23 @@ def build_token_policy(settings: _Settings) -> TokenPolicy:
     )
 
 
-async def token_policy(request: Request, settings: Settings) -> TokenPolicy:
+def policy_of(connection: HTTPConnection) -> TokenPolicy:
     """Built once per application from its settings."""
-    policy: TokenPolicy | None = getattr(request.app.state, "token_policy", None)
+    policy: TokenPolicy | None = getattr(connection.app.state, "token_policy", None)
     if policy is None:
-        policy = build_token_policy(settings)
-        request.app.state.token_policy = policy
+        policy = build_token_policy(resources_of(connection).settings)
+        connection.app.state.token_policy = policy
     return policy
+
+
+async def token_policy(request: Request) -> TokenPolicy:
+    return policy_of(request)
 
 
 Policy = Annotated[TokenPolicy, Depends(token_policy)]
 
 
-def _bind(request: Request, principal: Principal) -> Principal:
+def _bind(request: HTTPConnection, principal: Principal) -> Principal:
     if principal.user_id is not None:
         request.scope.setdefault("state", {})["user_id"] = str(principal.user_id)
         structlog.contextvars.bind_contextvars(user_id=str(principal.user_id))
@@ -81,7 +88,7 @@ def _bind(request: Request, principal: Principal) -> Principal:
 
 
 async def _from_bearer(
-    request: Request, session: Session, policy: TokenPolicy, token: str
+    request: HTTPConnection, session: AsyncSession, policy: TokenPolicy, token: str
 ) -> Principal:
     try:
         claims = policy.codec.decode(token)
@@ -121,7 +128,7 @@ async def _from_bearer(
 
 
 async def _from_api_key(
-    request: Request, session: Session, policy: TokenPolicy, secret: str
+    request: HTTPConnection, session: AsyncSession, policy: TokenPolicy, secret: str
 ) -> Principal:
     resources = resources_of(request)
     digest = security.secret_digest(secret, key=policy.digest_key)
@@ -192,6 +199,17 @@ async def optional_principal(
     api_key: Annotated[str | None, Security(_api_key)] = None,
 ) -> Principal | None:
     """The caller, or None when no credentials were sent; bad credentials are a 401."""
+    return await resolve_principal(request, session, settings, policy, token, api_key)
+
+
+async def resolve_principal(
+    request: HTTPConnection,
+    session: AsyncSession,
+    settings: _Settings,
+    policy: TokenPolicy,
+    token: str | None,
+    api_key: str | None,
+) -> Principal | None:
     if api_key:
         service_key = settings.api_key
         if service_key is not None and hmac.compare_digest(
@@ -344,3 +362,22 @@ async def limit_register(request: Request) -> None:
 
 
 RateLimited = Depends(limit_requests)
+
+
+async def authenticate_connection(connection: HTTPConnection) -> Principal:
+    """The principal of a WebSocket (or any connection) outside FastAPI's dependency system:
+    bearer token from the Authorization header or the `access_token` query parameter (a
+    browser's WebSocket cannot send headers), or an `x-api-key` header. The database session
+    it may need is closed again before this returns."""
+    resources = resources_of(connection)
+    header = connection.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    token = token or connection.query_params.get("access_token")
+    api_key = connection.headers.get("x-api-key")
+    async with session_scope(resources.sessionmaker) as session:
+        principal = await resolve_principal(
+            connection, session, resources.settings, policy_of(connection), token, api_key
+        )
+    if principal is None:
+        raise Unauthorized("authentication required: send a bearer token or an x-api-key")
+    return principal

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis as _Redis
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from steward.platform.cache import Cache as _Cache
 from steward.platform.cache import flush_invalidations
@@ -20,8 +21,8 @@ from steward.settings import Settings as _Settings
 # `def` dependencies in its thread pool, a thread hop per call that caps throughput.
 
 
-def resources_of(request: Request) -> Resources:
-    resources: Resources = request.app.state.resources
+def resources_of(connection: HTTPConnection) -> Resources:
+    resources: Resources = connection.app.state.resources
     return resources
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from steward.notifications.hub import Hub
 from steward.platform import db
 from steward.platform.cache import Cache
 from steward.platform.proxies import Network, parse_networks
@@ -47,6 +48,7 @@ class Resources:
     limiter: RateLimiter
     policies: RateLimitPolicies
     trusted_proxies: tuple[Network, ...]
+    hub: Hub
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -62,10 +64,12 @@ class Resources:
             limiter=RateLimiter(redis),
             policies=RateLimitPolicies.from_settings(settings),
             trusted_proxies=parse_networks(settings.trusted_proxies),
+            hub=Hub(redis, max_queue=settings.realtime_queue_size),
         )
 
     async def close(self) -> None:
         try:
+            await self.hub.close()
             await self.redis.aclose()
         finally:
             await self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Notifications: live events to a user's devices over WebSocket and SSE."""

@@ -1,0 +1,125 @@
+"""Live events to a user's devices: `WS /api/v1/realtime` and its SSE twin
+`GET /api/v1/realtime/events`. Both carry the user's todo changes (and, later,
+notifications) as `{type, ...}` objects, with heartbeats and a maximum lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from steward.accounts.deps import RateLimited, authenticate_connection
+from steward.notifications.hub import CONNECTIONS
+from steward.platform.api import API_V1
+from steward.platform.deps import resources_of
+from steward.platform.errors import StewardError, Unauthorized
+from steward.todos.deps import TodosReader
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(prefix=f"{API_V1}/realtime", tags=["realtime"])
+
+# WebSocket close codes (4000-4999 are the application's own).
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SLOW_CONSUMER = 4408
+CLOSE_LIFETIME = 4000
+
+
+@router.websocket("")
+async def realtime_socket(websocket: WebSocket) -> None:
+    """Todo changes and notifications, live (scope todos:read). Authenticate with
+    `Authorization: Bearer`, `x-api-key`, or `?access_token=` (browsers). Close codes: 4401
+    unauthenticated, 4403 missing scope, 4408 too slow to keep up, 4000 lifetime reached."""
+    try:
+        principal = await authenticate_connection(websocket)
+    except Unauthorized:
+        await websocket.close(code=CLOSE_UNAUTHENTICATED, reason="authentication required")
+        return
+    except StewardError as exc:
+        await websocket.close(code=CLOSE_UNAUTHENTICATED, reason=exc.detail[:100])
+        return
+    if "todos:read" not in principal.scopes or principal.user_id is None:
+        await websocket.close(code=CLOSE_FORBIDDEN, reason="missing scope 'todos:read'")
+        return
+
+    resources = resources_of(websocket)
+    settings = resources.settings
+    await websocket.accept()
+    subscription = await resources.hub.subscribe(str(principal.user_id))
+    CONNECTIONS.labels("websocket").inc()
+    deadline = time.monotonic() + settings.realtime_max_lifetime_s
+    # The client may talk (pings); reading is also how a disconnect is noticed.
+    listener = asyncio.create_task(_drain(websocket))
+    try:
+        await websocket.send_json({"type": "ready", "user_id": str(principal.user_id)})
+        while not listener.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                await websocket.close(code=CLOSE_LIFETIME, reason="maximum lifetime; reconnect")
+                return
+            event = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
+            if subscription.dropped:
+                await websocket.close(code=CLOSE_SLOW_CONSUMER, reason="too slow; reconnect")
+                return
+            await websocket.send_json(event if event is not None else {"type": "ping"})
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        listener.cancel()
+        await subscription.close()
+        CONNECTIONS.labels("websocket").dec()
+
+
+async def _drain(websocket: WebSocket) -> None:
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+    except (WebSocketDisconnect, RuntimeError):
+        return
+
+
+@router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    summary="Todo changes and notifications as server-sent events (scope todos:read)",
+    dependencies=[RateLimited],
+    responses={401: {"description": "missing or invalid credentials"}},
+)
+async def realtime_events(
+    request: Request, principal: TodosReader
+) -> AsyncIterator[ServerSentEvent]:
+    # Authentication and the scope check are dependencies: they answer 401/403 before the
+    # first event (inside the generator, an error would arrive as an empty 200 stream).
+    async for event in _stream(request, str(principal.user_id)):
+        yield event
+
+
+async def _stream(request: Request, user_id: str) -> AsyncIterator[ServerSentEvent]:
+    resources = resources_of(request)
+    settings = resources.settings
+    subscription = await resources.hub.subscribe(user_id)
+    CONNECTIONS.labels("sse").inc()
+    deadline = time.monotonic() + settings.realtime_max_lifetime_s
+    try:
+        yield ServerSentEvent(event="ready", data={"user_id": user_id})
+        while (remaining := deadline - time.monotonic()) > 0:
+            if await request.is_disconnected():
+                return
+            event = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
+            if subscription.dropped:
+                yield ServerSentEvent(event="error", data={"detail": "too slow; reconnect"})
+                return
+            if event is None:
+                yield ServerSentEvent(comment="keep-alive")
+                continue
+            yield ServerSentEvent(event=str(event.get("type", "message")), data=event)
+    finally:
+        await subscription.close()
+        CONNECTIONS.labels("sse").dec()
