@@ -35,6 +35,9 @@ async def realtime_socket(websocket: WebSocket) -> None:
     """Todo changes and notifications, live (scope todos:read). Authenticate with
     `Authorization: Bearer`, `x-api-key`, or `?access_token=` (browsers). Close codes: 4401
     unauthenticated, 4403 missing scope, 4408 too slow to keep up, 4000 lifetime reached."""
+    # Accept first: closing before accepting can only answer HTTP 403, and clients need the
+    # close code to tell "sign in again" (4401) from "not allowed" (4403).
+    await websocket.accept()
     try:
         principal = await authenticate_connection(websocket)
     except Unauthorized:
@@ -49,7 +52,6 @@ async def realtime_socket(websocket: WebSocket) -> None:
 
     resources = resources_of(websocket)
     settings = resources.settings
-    await websocket.accept()
     subscription = await resources.hub.subscribe(str(principal.user_id))
     CONNECTIONS.labels("websocket").inc()
     deadline = time.monotonic() + settings.realtime_max_lifetime_s
@@ -57,12 +59,19 @@ async def realtime_socket(websocket: WebSocket) -> None:
     listener = asyncio.create_task(_drain(websocket))
     try:
         await websocket.send_json({"type": "ready", "user_id": str(principal.user_id)})
-        while not listener.done():
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 await websocket.close(code=CLOSE_LIFETIME, reason="maximum lifetime; reconnect")
                 return
-            event = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
+            waiting = asyncio.create_task(
+                subscription.next(min(settings.realtime_heartbeat_s, remaining))
+            )
+            await asyncio.wait({waiting, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if listener.done():  # the client went away
+                waiting.cancel()
+                return
+            event = waiting.result()
             if subscription.dropped:
                 await websocket.close(code=CLOSE_SLOW_CONSUMER, reason="too slow; reconnect")
                 return

@@ -1,0 +1,52 @@
+"""Real HTTP servers for tests that need real sockets (WebSocket, streaming SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from steward.app import create_app
+from steward.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LiveServer(str):
+    """The base URL, carrying the served app (for looking at its resources)."""
+
+    app: FastAPI
+
+
+@asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """Serve `create_app(settings)` with uvicorn on a free port; yields the base URL."""
+    port = free_port()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+        ws="websockets-sansio",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        url = LiveServer(f"http://127.0.0.1:{port}")
+        url.app = app
+        yield url
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)

@@ -1,0 +1,166 @@
+"""Live events: a todo written through one app instance reaches a WebSocket or SSE client
+connected to another, with auth, heartbeats and slow-consumer handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from steward.notifications.hub import Hub
+from tests.conftest import make_settings
+from tests.engines import EngineSet
+from tests.factories import make_account
+from tests.live import live_server
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+
+def _ws(base: str) -> str:
+    return base.replace("http://", "ws://") + "/api/v1/realtime"
+
+
+async def _next_of(ws: Any, kind: str, within_s: float = 5) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        if message["type"] == kind:
+            return message  # type: ignore[no-any-return]
+
+
+async def _drain_until_closed(ws: Any) -> None:
+    while True:
+        await asyncio.wait_for(ws.recv(), 3)
+
+
+async def test_todo_on_one_instance_reaches_a_socket_on_another(engines: EngineSet) -> None:
+    settings = make_settings(engines)
+    async with (
+        live_server(settings) as a,
+        live_server(settings) as b,
+        httpx.AsyncClient(base_url=a) as http,
+    ):
+        alice = await make_account(http)
+        bob = await make_account(http)
+        async with connect(f"{_ws(b)}?access_token={alice.access_token}") as ws:
+            ready = await _next_of(ws, "ready")
+            assert ready["user_id"] == alice.id
+            await asyncio.sleep(0.2)  # the hub's subscription is in place
+            started = time.monotonic()
+            await http.post("/api/v1/todos", json={"title": "mine"}, headers=bob.headers)
+            created = await http.post(
+                "/api/v1/todos", json={"title": "live"}, headers=alice.headers
+            )
+            event = await _next_of(ws, "todo.created")
+            assert time.monotonic() - started < 1.0
+            assert event["todo"]["id"] == created.json()["id"]
+            assert event["todo"]["title"] == "live"  # bob's todo never arrived first
+
+
+async def test_socket_auth_and_scope_close_codes(engines: EngineSet) -> None:
+    async with live_server(make_settings(engines)) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            alice = await make_account(http)
+            writer = (
+                await http.post(
+                    "/api/v1/api-keys",
+                    json={"name": "w", "scopes": ["todos:write"]},
+                    headers=alice.headers,
+                )
+            ).json()
+        for url, headers, code in (
+            (_ws(base), {}, 4401),
+            (f"{_ws(base)}?access_token=forged", {}, 4401),
+            (_ws(base), {"x-api-key": writer["secret"]}, 4403),
+        ):
+            with pytest.raises(ConnectionClosed) as closed:
+                async with connect(url, additional_headers=headers) as ws:
+                    await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == code
+        async with connect(_ws(base), additional_headers=alice.headers) as ws:
+            assert (await _next_of(ws, "ready"))["user_id"] == alice.id
+
+
+async def test_heartbeats_and_lifetime(engines: EngineSet) -> None:
+    settings = make_settings(engines, realtime_heartbeat_s=0.2, realtime_max_lifetime_s=1.0)
+    async with live_server(settings) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            alice = await make_account(http)
+        async with connect(f"{_ws(base)}?access_token={alice.access_token}") as ws:
+            await _next_of(ws, "ready")
+            assert (await _next_of(ws, "ping", within_s=1))["type"] == "ping"
+            with pytest.raises(ConnectionClosed) as closed:
+                await _drain_until_closed(ws)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4000
+
+
+async def test_sse_twin_streams_events_without_holding_a_db_connection(
+    engines: EngineSet,
+) -> None:
+    settings = make_settings(engines, realtime_heartbeat_s=0.3)
+    async with live_server(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+        alice = await make_account(http)
+        unauthenticated = await http.get("/api/v1/realtime/events")
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.headers["content-type"] == "application/problem+json"
+        async with aconnect_sse(
+            http, "GET", "/api/v1/realtime/events", headers=alice.headers
+        ) as source:
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            assert source.response.headers["cache-control"] == "no-cache"
+            assert source.response.headers["x-accel-buffering"] == "no"
+            events = source.aiter_sse()
+            first = await anext(events)
+            assert first.event == "ready"
+            async with httpx.AsyncClient(base_url=base) as writer:
+                await writer.post("/api/v1/todos", json={"title": "sse"}, headers=alice.headers)
+            event = await asyncio.wait_for(anext(events), 5)
+            assert event.event == "todo.created"
+            assert event.json()["todo"]["title"] == "sse"
+            metrics = (await httpx.AsyncClient(base_url=base).get("/metrics")).text
+            assert 'steward_realtime_connections{transport="sse"} 1.0' in metrics
+            # The stream released its database session before the first event.
+            assert base.app.state.resources.engine.pool.checkedout() == 0
+
+
+async def test_slow_consumer_is_cut_off_not_buffered(engines: EngineSet) -> None:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(engines.redis_url)
+    hub = Hub(redis, max_queue=3)
+    try:
+        slow = await hub.subscribe("u1")
+        fast = await hub.subscribe("u1")
+        received: list[int] = []
+
+        async def keep_up() -> None:
+            while len(received) < 10:
+                event = await fast.next(2)
+                if event is None:
+                    return
+                received.append(event["n"])
+
+        reader = asyncio.create_task(keep_up())
+        await asyncio.sleep(0.2)
+        for i in range(10):
+            await redis.publish("user:u1", json.dumps({"type": "todo.updated", "n": i}))
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(reader, 5)
+        assert received == list(range(10))
+        assert not fast.dropped
+        assert slow.dropped
+        assert slow.queue.qsize() == 3  # bounded: nothing beyond the queue was kept
+        await slow.close()
+        await fast.close()
+    finally:
+        await hub.close()
+        await redis.aclose()
