@@ -104,7 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install_handlers(app)
     app.include_router(health.router)
-    for router in (*accounts_router.routers, todos_router.router, realtime_router.router):
+    for router in (
+        *accounts_router.routers,
+        todos_router.router,
+        realtime_router.router,
+        realtime_router.notifications,
+    ):
         app.include_router(router)
     return app
 

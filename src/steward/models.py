@@ -1,7 +1,8 @@
 """Every domain's SQLAlchemy models, imported so that Alembic sees the whole schema."""
 
 from steward.accounts import models as accounts
+from steward.notifications import models as notifications
 from steward.platform.db import Base
 from steward.todos import models as todos
 
-__all__ = ["Base", "accounts", "todos"]
+__all__ = ["Base", "accounts", "notifications", "todos"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import structlog
@@ -13,15 +14,58 @@ from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from steward.accounts.deps import RateLimited, authenticate_connection
+from steward.notifications import service
 from steward.notifications.hub import CONNECTIONS
+from steward.notifications.schemas import NotificationRead, ReadAll
 from steward.platform.api import API_V1
-from steward.platform.deps import resources_of
+from steward.platform.deps import Session, resources_of
 from steward.platform.errors import StewardError, Unauthorized
+from steward.platform.pagination import Cursor, Limit, Page
 from steward.todos.deps import TodosReader
 
 log = structlog.get_logger(__name__)
 
 router = APIRouter(prefix=f"{API_V1}/realtime", tags=["realtime"])
+notifications = APIRouter(
+    prefix=f"{API_V1}/notifications", tags=["notifications"], dependencies=[RateLimited]
+)
+
+
+@notifications.get("", summary="List own notifications, newest first (scope todos:read)")
+async def list_notifications(
+    principal: TodosReader,
+    session: Session,
+    unread: bool | None = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> Page[NotificationRead]:
+    assert principal.user_id is not None
+    rows, next_cursor = await service.list_for(
+        session, user_id=principal.user_id, unread=unread, limit=limit, cursor=cursor
+    )
+    return Page(items=[NotificationRead.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@notifications.post("/read-all", summary="Mark every own notification read (scope todos:read)")
+async def read_all(principal: TodosReader, session: Session) -> ReadAll:
+    assert principal.user_id is not None
+    return ReadAll(marked=await service.mark_all_read(session, user_id=principal.user_id))
+
+
+@notifications.post(
+    "/{notification_id}/read",
+    summary="Mark an own notification read (scope todos:read)",
+    responses={404: {"description": "no such notification of yours"}},
+)
+async def read_one(
+    notification_id: uuid.UUID, principal: TodosReader, session: Session
+) -> NotificationRead:
+    assert principal.user_id is not None
+    notification = await service.mark_read(
+        session, user_id=principal.user_id, notification_id=notification_id
+    )
+    return NotificationRead.model_validate(notification)
+
 
 # WebSocket close codes (4000-4999 are the application's own).
 CLOSE_UNAUTHENTICATED = 4401

@@ -49,6 +49,8 @@ class Todo(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     version: Mapped[int] = mapped_column(Integer, server_default="1")
+    remind_at: Mapped[datetime | None]
+    reminded_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
@@ -58,6 +60,14 @@ class Todo(Base):
         Index("ix_todos_owner_due", "owner_id", DUE_SORT_KEY, "id"),
         Index("ix_todos_owner_priority", "owner_id", "priority", "created_at", "id"),
         Index("ix_todos_tags", "tags", postgresql_using="gin"),
+        # The reminder sweep's query: due, not yet reminded for this remind_at, not done.
+        Index(
+            "ix_todos_pending_reminders",
+            "remind_at",
+            postgresql_where=text(
+                "remind_at IS NOT NULL AND reminded_at IS DISTINCT FROM remind_at AND NOT done"
+            ),
+        ),
     )
 
 

@@ -34,6 +34,7 @@ class TodoCreate(BaseModel):
     due_at: AwareDatetime | None = None
     priority: Priority = 0
     tags: Tags = Field(default_factory=list)
+    remind_at: AwareDatetime | None = None
 
 
 class TodoUpdate(BaseModel):
@@ -47,6 +48,7 @@ class TodoUpdate(BaseModel):
     priority: Priority | None = None
     tags: Tags | None = None
     done: bool | None = None
+    remind_at: AwareDatetime | None = None
 
 
 class TodoRead(BaseModel):
@@ -63,6 +65,7 @@ class TodoRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int
+    remind_at: datetime | None = None
 
 
 class TodoSort(StrEnum):

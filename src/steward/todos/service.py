@@ -125,6 +125,7 @@ async def _insert(session: AsyncSession, *, owner_id: uuid.UUID, todo_in: TodoCr
         due_at=todo_in.due_at,
         priority=todo_in.priority,
         tags=todo_in.tags,
+        remind_at=todo_in.remind_at,
         done=False,
         created_at=now,
         updated_at=now,
@@ -349,3 +350,52 @@ async def first_page_cached(
         cache_namespace(owner_id), f"first:{limit}", load, ttl_s=ttl_s, kind="todos_page"
     )
     return page
+
+
+@dataclass(frozen=True, slots=True)
+class DueReminder:
+    todo_id: uuid.UUID
+    owner_id: uuid.UUID
+    title: str
+    remind_at: datetime
+
+
+async def owners_with_due_reminders(session: AsyncSession, *, now: datetime) -> list[uuid.UUID]:
+    result = await session.execute(
+        select(Todo.owner_id)
+        .where(
+            Todo.remind_at.is_not(None),
+            Todo.remind_at <= now,
+            Todo.reminded_at.is_distinct_from(Todo.remind_at),
+            Todo.done.is_(False),
+        )
+        .distinct()
+    )
+    return list(result.scalars())
+
+
+async def claim_due_reminders(
+    session: AsyncSession, *, owner_id: uuid.UUID, now: datetime
+) -> list[DueReminder]:
+    """The owner's due reminders, locked and marked as sent in this transaction (skipping
+    rows another worker holds), so each (todo, remind_at) is handed out once."""
+    rows = (
+        await session.execute(
+            select(Todo)
+            .where(
+                Todo.owner_id == owner_id,
+                Todo.remind_at.is_not(None),
+                Todo.remind_at <= now,
+                Todo.reminded_at.is_distinct_from(Todo.remind_at),
+                Todo.done.is_(False),
+            )
+            .with_for_update(skip_locked=True)
+        )
+    ).scalars()
+    due = []
+    for todo in rows:
+        assert todo.remind_at is not None
+        due.append(DueReminder(todo.id, todo.owner_id, todo.title, todo.remind_at))
+        todo.reminded_at = todo.remind_at
+    await session.flush()
+    return due
