@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
 from steward.accounts import router as accounts_router
+from steward.jobs import router as jobs_router
 from steward.notifications import router as realtime_router
 from steward.platform import errors, health
 from steward.platform.logging import configure_logging
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         todos_router.router,
         realtime_router.router,
         realtime_router.notifications,
+        jobs_router.router,
     ):
         app.include_router(router)
     return app

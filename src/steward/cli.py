@@ -265,7 +265,11 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
 ) -> None:
     """Run a Celery worker."""
-    _celery(["worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "-n", "steward@%h"])
+    queues = ",".join(get_settings().worker_queues)
+    _celery(
+        ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "-n", "steward@%h",
+         "-Q", queues]
+    )  # fmt: skip
 
 
 @cli.command()

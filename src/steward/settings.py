@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     realtime_max_lifetime_s: float = Field(default=3600.0, gt=0)
     realtime_queue_size: int = Field(default=100, ge=1)
 
+    # Jobs (cron expressions: minute hour day-of-month month day-of-week, UTC)
+    schedule_reminders: str = "* * * * *"
+    schedule_cleanup: str = "17 3 * * *"
+    worker_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default", "reminders", "ingest", "assistant"]
+    )
+    task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra modules with Celery tasks to load"
+    )
+
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -101,7 +111,8 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = None
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "worker_queues", "task_modules",
+                     mode="before")  # fmt: skip
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -120,6 +131,13 @@ class Settings(BaseSettings):
             parse(value)
         except ValueError:
             raise ValueError(f"not a rate limit like '60/minute': {value!r}") from None
+        return value
+
+    @field_validator("schedule_reminders", "schedule_cleanup")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"not a 5-field cron expression: {value!r}")
         return value
 
     @field_validator("trusted_proxies")

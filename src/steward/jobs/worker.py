@@ -1,20 +1,64 @@
-"""The Celery application, configured from settings, with logs routed through structlog."""
+"""The Celery application, configured from settings: queues and routes, JSON only, late
+acks, time limits, RedBeat schedules from cron settings, and logs through structlog."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.schedules import crontab
+from celery.signals import setup_logging, worker_process_init
+from kombu import Exchange, Queue
 
 from steward.platform.logging import configure_logging
 from steward.settings import Settings, get_settings
+
+QUEUES = ("default", "reminders", "ingest", "assistant")
+DEAD_LETTER_EXCHANGE = "steward.dlx"
+DEAD_LETTER_QUEUE = "dead-letters"
+
+ROUTES = {
+    "steward.reminders.*": {"queue": "reminders"},
+    "steward.ingest.*": {"queue": "ingest"},
+    "steward.assistant.*": {"queue": "assistant"},
+}
+
+
+def cron(expression: str) -> crontab:
+    minute, hour, day_of_month, month_of_year, day_of_week = expression.split()
+    return crontab(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )
+
+
+def _queues(amqp: bool) -> list[Queue]:
+    if not amqp:
+        return [Queue(name, routing_key=name) for name in QUEUES]
+    # On RabbitMQ a rejected message (requeue=False) goes to a real dead-letter exchange.
+    dead = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-dead-letter-routing-key": "dead"}
+    return [
+        *(
+            Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=dead)
+            for name in QUEUES
+        ),
+        Queue(DEAD_LETTER_QUEUE, Exchange(DEAD_LETTER_EXCHANGE, type="direct"), routing_key="dead"),
+    ]
 
 
 def create_celery(settings: Settings) -> Celery:
     broker = settings.broker_url
     backend = settings.redis_url
-    celery = Celery("steward", broker=broker, backend=backend, include=["steward.jobs.tasks"])
+    amqp = bool(broker and broker.startswith(("amqp://", "amqps://", "pyamqp://")))
+    celery = Celery(
+        "steward",
+        broker=broker,
+        backend=backend,
+        include=["steward.jobs.tasks", *settings.task_modules],
+    )
     celery.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -26,7 +70,11 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=300,
         task_soft_time_limit=240,
+        task_track_started=True,
         result_expires=86_400,
+        task_queues=_queues(amqp),
+        task_default_queue="default",
+        task_routes=ROUTES,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600},
         worker_hijack_root_logger=False,
@@ -34,6 +82,13 @@ def create_celery(settings: Settings) -> Celery:
         redbeat_redis_url=backend,
         redbeat_key_prefix="steward:redbeat:",
         redbeat_lock_timeout=90,
+        beat_schedule={
+            "reminders-sweep": {
+                "task": "steward.reminders.sweep",
+                "schedule": cron(settings.schedule_reminders),
+            },
+            "cleanup": {"task": "steward.cleanup", "schedule": cron(settings.schedule_cleanup)},
+        },
     )
     return celery
 
@@ -42,6 +97,14 @@ def create_celery(settings: Settings) -> Celery:
 def _configure_worker_logging(**_: Any) -> None:
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.json_logs)
+
+
+@worker_process_init.connect
+def _fresh_runtime(**_: Any) -> None:
+    # Connections and loops created before the fork belong to the parent process.
+    from steward.jobs import runtime
+
+    runtime.reset()
 
 
 app = create_celery(get_settings())

@@ -79,6 +79,18 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 AfterCommit = Callable[[AsyncSession], Awaitable[None]]
+_ON_COMMIT_KEY = "steward.on_commit"
+
+
+def on_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]]) -> None:
+    """Run `callback` once the session's transaction has committed (never on rollback):
+    the way to send a job about data that must be visible to it."""
+    session.info.setdefault(_ON_COMMIT_KEY, []).append(callback)
+
+
+async def _run_on_commit(session: AsyncSession) -> None:
+    for callback in session.info.pop(_ON_COMMIT_KEY, []):
+        await callback()
 
 
 @asynccontextmanager
@@ -101,10 +113,13 @@ async def session_scope(
                 await session.commit()
                 if after_commit is not None:
                     await after_commit(session)
+                await _run_on_commit(session)
             else:
+                session.info.pop(_ON_COMMIT_KEY, None)
                 await session.rollback()
             raise
         except BaseException:
+            session.info.pop(_ON_COMMIT_KEY, None)
             await session.rollback()
             raise
         else:
@@ -114,6 +129,7 @@ async def session_scope(
                 await session.commit()
             if after_commit is not None:
                 await after_commit(session)
+            await _run_on_commit(session)
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -1,0 +1,115 @@
+"""Jobs rules: enqueue after commit with an owner, job status for that owner only, and the
+dead-letter store (list, replay, discard)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+import structlog
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from steward.jobs.models import DeadLetter, Job
+from steward.platform.db import on_commit
+from steward.platform.errors import NotFound, UnprocessableContent
+from steward.platform.pagination import decode_cursor, encode_cursor
+
+log = structlog.get_logger(__name__)
+
+
+async def enqueue(
+    session: AsyncSession,
+    celery: Celery,
+    *,
+    owner_id: uuid.UUID,
+    task: str,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> str:
+    """Record the job for its owner and send it once this transaction commits (a rollback
+    sends nothing). Returns the job id."""
+    job_id = str(uuid.uuid4())
+    session.add(Job(id=job_id, owner_id=owner_id, name=task))
+    await session.flush()
+
+    async def send() -> None:
+        # kombu's publish is blocking I/O: keep it off the event loop.
+        await anyio.to_thread.run_sync(
+            lambda: celery.send_task(task, args=args or [], kwargs=kwargs or {}, task_id=job_id)
+        )
+
+    on_commit(session, send)
+    return job_id
+
+
+async def status(
+    session: AsyncSession, celery: Celery, *, owner_id: uuid.UUID, job_id: str
+) -> dict[str, Any]:
+    job = await session.get(Job, job_id)
+    if job is None or job.owner_id != owner_id:
+        raise NotFound("no such job")
+    result = celery.AsyncResult(job_id)
+    state = await anyio.to_thread.run_sync(lambda: result.state)
+    body: dict[str, Any] = {"id": job_id, "name": job.name, "state": state, "result": None,
+                            "error": None}  # fmt: skip
+    if state == "SUCCESS":
+        body["result"] = await anyio.to_thread.run_sync(lambda: result.result)
+    elif state in ("FAILURE", "REJECTED"):
+        body["error"] = type(result.result).__name__ if result.result is not None else state
+    return body
+
+
+async def list_dead_letters(
+    session: AsyncSession, *, limit: int, cursor: str | None
+) -> tuple[list[DeadLetter], str | None]:
+    query = select(DeadLetter).order_by(DeadLetter.failed_at.desc(), DeadLetter.id.desc())
+    if cursor is not None:
+        values = decode_cursor(cursor)
+        try:
+            failed, last = datetime.fromisoformat(values["f"]), uuid.UUID(values["id"])
+        except (KeyError, TypeError, ValueError):
+            raise UnprocessableContent("cursor is not valid") from None
+        query = query.where(
+            (DeadLetter.failed_at < failed)
+            | ((DeadLetter.failed_at == failed) & (DeadLetter.id < last))
+        )
+    rows = list((await session.execute(query.limit(limit + 1))).scalars())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor({"f": rows[-1].failed_at.isoformat(), "id": str(rows[-1].id)})
+    return rows, next_cursor
+
+
+async def get_dead_letter(session: AsyncSession, letter_id: uuid.UUID) -> DeadLetter:
+    letter = await session.get(DeadLetter, letter_id)
+    if letter is None:
+        raise NotFound("no such dead letter")
+    return letter
+
+
+async def replay(session: AsyncSession, celery: Celery, *, letter: DeadLetter) -> DeadLetter:
+    """Send the task again with its original arguments, after this transaction commits."""
+    task_id = str(uuid.uuid4())
+    letter.replayed_at = datetime.now(UTC)
+    letter.replay_task_id = task_id
+    await session.flush()
+    name, args, kwargs = letter.task_name, letter.args, letter.kwargs
+
+    async def send() -> None:
+        await anyio.to_thread.run_sync(
+            lambda: celery.send_task(name, args=args, kwargs=kwargs, task_id=task_id)
+        )
+
+    on_commit(session, send)
+    log.info("dead_letter.replayed", dead_letter_id=str(letter.id), task=name)
+    return letter
+
+
+async def discard(session: AsyncSession, *, letter: DeadLetter) -> None:
+    await session.delete(letter)
+    await session.flush()
