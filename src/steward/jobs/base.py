@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import Task
@@ -43,7 +43,13 @@ def backoff_s(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311
 
 
-class StewardTask(Task[Any, Any]):
+if TYPE_CHECKING:
+    _TaskBase = Task[Any, Any]  # generic only in the type stubs
+else:
+    _TaskBase = Task
+
+
+class StewardTask(_TaskBase):
     max_retries = 5
     retry_base_s = 2.0
     retry_cap_s = 300.0
