@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import steward.models  # noqa: F401 - every table, so cross-domain foreign keys resolve
 from steward.platform.resources import Resources
 from steward.settings import get_settings
 

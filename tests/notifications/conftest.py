@@ -1,0 +1,3 @@
+from tests.workers import worker
+
+__all__ = ["worker"]

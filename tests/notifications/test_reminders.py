@@ -1,0 +1,136 @@
+"""Reminders become notifications exactly once, whatever runs twice, and reach the user."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+from celery import Celery
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from steward.notifications import service
+from steward.platform.db import session_scope
+from steward.platform.pubsub import flush_pending
+from tests.engines import EngineSet
+from tests.factories import Account, make_account
+
+TODOS = "/api/v1/todos"
+
+
+def _iso(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).isoformat()
+
+
+async def _sweep(app: FastAPI, owner: Account) -> int:
+    resources = app.state.resources
+
+    async def publish(session: object) -> None:
+        await flush_pending(session, resources.redis)  # type: ignore[arg-type]
+
+    async with session_scope(resources.sessionmaker, after_commit=publish) as session:
+        return await service.send_due_reminders(session, owner_id=uuid.UUID(owner.id))
+
+
+async def test_due_reminder_becomes_one_notification(
+    client: httpx.AsyncClient, app: FastAPI, engines: EngineSet
+) -> None:
+    alice = await make_account(client)
+    due = await client.post(
+        TODOS, json={"title": "call mum", "remind_at": _iso(-timedelta(minutes=1))},
+        headers=alice.headers,
+    )  # fmt: skip
+    await client.post(
+        TODOS, json={"title": "later", "remind_at": _iso(timedelta(hours=1))},
+        headers=alice.headers,
+    )  # fmt: skip
+    redis = Redis.from_url(engines.redis_url)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(f"user:{alice.id}")
+    try:
+        results = await asyncio.gather(*(_sweep(app, alice) for _ in range(5)))
+        assert sum(results) == 1  # concurrent sweeps: one notification
+        assert await _sweep(app, alice) == 0  # and a later one adds nothing
+        message = None
+        for _ in range(20):
+            message = await pubsub.get_message(timeout=0.5)
+            if message:
+                break
+        assert message is not None
+        event = orjson.loads(message["data"])
+        assert event["type"] == "notification.created"
+        assert event["notification"]["todo_id"] == due.json()["id"]
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+
+    listed = (await client.get("/api/v1/notifications", headers=alice.headers)).json()
+    assert [n["title"] for n in listed["items"]] == ["call mum"]
+
+    # Moving remind_at schedules a new reminder; the old one stays unique.
+    await client.patch(
+        f"{TODOS}/{due.json()['id']}", json={"remind_at": _iso(-timedelta(seconds=5))},
+        headers=alice.headers,
+    )  # fmt: skip
+    assert await _sweep(app, alice) == 1
+    assert (
+        len((await client.get("/api/v1/notifications", headers=alice.headers)).json()["items"]) == 2
+    )
+
+
+async def test_done_todos_are_not_reminded(client: httpx.AsyncClient, app: FastAPI) -> None:
+    alice = await make_account(client)
+    todo = await client.post(
+        TODOS, json={"title": "done", "remind_at": _iso(-timedelta(minutes=1))},
+        headers=alice.headers,
+    )  # fmt: skip
+    await client.post(f"{TODOS}/{todo.json()['id']}/complete", headers=alice.headers)
+    assert await _sweep(app, alice) == 0
+
+
+async def test_notifications_api(client: httpx.AsyncClient, app: FastAPI) -> None:
+    alice, bob = await make_account(client), await make_account(client)
+    for i in range(3):
+        await client.post(
+            TODOS, json={"title": f"r{i}", "remind_at": _iso(-timedelta(minutes=i + 1))},
+            headers=alice.headers,
+        )  # fmt: skip
+    assert await _sweep(app, alice) == 3
+    page = (await client.get("/api/v1/notifications", params={"limit": 2},
+                             headers=alice.headers)).json()  # fmt: skip
+    assert len(page["items"]) == 2
+    assert page["next_cursor"]
+    first = page["items"][0]["id"]
+    read = await client.post(f"/api/v1/notifications/{first}/read", headers=alice.headers)
+    assert read.status_code == 200
+    assert read.json()["read_at"] is not None
+    assert (
+        await client.post(f"/api/v1/notifications/{first}/read", headers=bob.headers)
+    ).status_code == 404
+    unread = (await client.get("/api/v1/notifications", params={"unread": "true"},
+                               headers=alice.headers)).json()  # fmt: skip
+    assert len(unread["items"]) == 2
+    marked = await client.post("/api/v1/notifications/read-all", headers=alice.headers)
+    assert marked.json() == {"marked": 2}
+    unread = (await client.get("/api/v1/notifications", params={"unread": "true"},
+                               headers=alice.headers)).json()  # fmt: skip
+    assert unread["items"] == []
+    assert (await client.get("/api/v1/notifications", headers=bob.headers)).json()["items"] == []
+
+
+async def test_sweep_task_runs_on_the_worker(worker: Celery, client: httpx.AsyncClient) -> None:
+    alice = await make_account(client)
+    await client.post(
+        TODOS, json={"title": "via worker", "remind_at": _iso(-timedelta(minutes=1))},
+        headers=alice.headers,
+    )  # fmt: skip
+    assert worker.send_task("steward.reminders.sweep").get(timeout=30) >= 1
+    for _ in range(50):
+        items = (await client.get("/api/v1/notifications", headers=alice.headers)).json()["items"]
+        if items:
+            break
+        await asyncio.sleep(0.2)
+    assert [n["title"] for n in items] == ["via worker"]
