@@ -103,6 +103,11 @@ async def test_notifications_api(client: httpx.AsyncClient, app: FastAPI) -> Non
                              headers=alice.headers)).json()  # fmt: skip
     assert len(page["items"]) == 2
     assert page["next_cursor"]
+    rest = (await client.get("/api/v1/notifications", params={"cursor": page["next_cursor"]},
+                             headers=alice.headers)).json()  # fmt: skip
+    assert len(rest["items"]) == 1
+    assert rest["next_cursor"] is None
+    assert {n["id"] for n in page["items"]}.isdisjoint({n["id"] for n in rest["items"]})
     first = page["items"][0]["id"]
     read = await client.post(f"/api/v1/notifications/{first}/read", headers=alice.headers)
     assert read.status_code == 200

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,7 +31,7 @@ from steward.platform.errors import (
     Unauthorized,
     UnprocessableContent,
 )
-from steward.platform.pagination import decode_cursor, encode_cursor
+from steward.platform.pagination import newest_first
 
 log = structlog.get_logger(__name__)
 
@@ -176,25 +176,9 @@ async def update_me(
 async def list_users(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[User], str | None]:
-    query = select(User).order_by(User.created_at.desc(), User.id.desc()).limit(limit + 1)
-    if cursor is not None:
-        values = decode_cursor(cursor)
-        try:
-            created = datetime.fromisoformat(values["c"])
-            last_id = uuid.UUID(values["id"])
-        except (KeyError, TypeError, ValueError):
-            decode_cursor("")  # raises the standard invalid-cursor problem
-            raise
-        query = query.where(
-            or_(User.created_at < created, and_(User.created_at == created, User.id < last_id))
-        )
-    users = list((await session.execute(query)).scalars())
-    next_cursor = None
-    if len(users) > limit:
-        users = users[:limit]
-        last = users[-1]
-        next_cursor = encode_cursor({"c": last.created_at.isoformat(), "id": str(last.id)})
-    return users, next_cursor
+    return await newest_first(
+        session, select(User), at=User.created_at, key=User.id, limit=limit, cursor=cursor
+    )
 
 
 async def admin_update(

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.jobs.models import DeadLetter, Job
 from steward.platform.db import on_commit
-from steward.platform.errors import NotFound, UnprocessableContent
-from steward.platform.pagination import decode_cursor, encode_cursor
+from steward.platform.errors import NotFound
+from steward.platform.pagination import newest_first
 
 log = structlog.get_logger(__name__)
 
@@ -66,23 +66,14 @@ async def status(
 async def list_dead_letters(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[DeadLetter], str | None]:
-    query = select(DeadLetter).order_by(DeadLetter.failed_at.desc(), DeadLetter.id.desc())
-    if cursor is not None:
-        values = decode_cursor(cursor)
-        try:
-            failed, last = datetime.fromisoformat(values["f"]), uuid.UUID(values["id"])
-        except (KeyError, TypeError, ValueError):
-            raise UnprocessableContent("cursor is not valid") from None
-        query = query.where(
-            (DeadLetter.failed_at < failed)
-            | ((DeadLetter.failed_at == failed) & (DeadLetter.id < last))
-        )
-    rows = list((await session.execute(query.limit(limit + 1))).scalars())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor({"f": rows[-1].failed_at.isoformat(), "id": str(rows[-1].id)})
-    return rows, next_cursor
+    return await newest_first(
+        session,
+        select(DeadLetter),
+        at=DeadLetter.failed_at,
+        key=DeadLetter.id,
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 async def get_dead_letter(session: AsyncSession, letter_id: uuid.UUID) -> DeadLetter:

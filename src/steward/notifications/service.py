@@ -7,14 +7,14 @@ import uuid
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.notifications.models import Notification
 from steward.notifications.schemas import NotificationRead
-from steward.platform.errors import NotFound, UnprocessableContent
-from steward.platform.pagination import decode_cursor, encode_cursor
+from steward.platform.errors import NotFound
+from steward.platform.pagination import newest_first
 from steward.platform.pubsub import publish_after_commit, user_channel
 from steward.todos import service as todos
 
@@ -76,25 +76,14 @@ async def list_for(
         query = query.where(Notification.read_at.is_(None))
     elif unread is False:
         query = query.where(Notification.read_at.is_not(None))
-    if cursor is not None:
-        values = decode_cursor(cursor)
-        try:
-            created, last = datetime.fromisoformat(values["c"]), uuid.UUID(values["id"])
-        except (KeyError, TypeError, ValueError):
-            raise UnprocessableContent("cursor is not valid") from None
-        query = query.where(
-            or_(
-                Notification.created_at < created,
-                and_(Notification.created_at == created, Notification.id < last),
-            )
-        )
-    query = query.order_by(Notification.created_at.desc(), Notification.id.desc())
-    rows = list((await session.execute(query.limit(limit + 1))).scalars())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor({"c": rows[-1].created_at.isoformat(), "id": str(rows[-1].id)})
-    return rows, next_cursor
+    return await newest_first(
+        session,
+        query,
+        at=Notification.created_at,
+        key=Notification.id,
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 async def mark_read(

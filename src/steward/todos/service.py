@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.platform.cache import MISSING, Cache
 from steward.platform.errors import NotFound, PreconditionFailed, UnprocessableContent
-from steward.platform.pagination import decode_cursor, encode_cursor
+from steward.platform.pagination import decode_cursor, encode_cursor, invalid_cursor
 from steward.todos.events import cache_namespace, todo_changed
 from steward.todos.models import UNDATED, UNDATED_SQL, IdempotencyKey, Todo
 from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
@@ -247,10 +247,7 @@ def _parse_cursor(cursor: str, sort: TodoSort) -> list[Any]:
             return [int(raw[0]), datetime.fromisoformat(raw[1]), uuid.UUID(raw[2])]
         return [datetime.fromisoformat(raw[0]), uuid.UUID(raw[1])]
     except (IndexError, TypeError, ValueError):
-        raise UnprocessableContent(
-            "cursor is not valid; pass `next_cursor` from a previous page unchanged",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],
-        ) from None
+        raise invalid_cursor() from None
 
 
 def _escape_like(term: str) -> str:
