@@ -13,6 +13,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
 from steward.accounts import router as accounts_router
+from steward.assistant import router as assistant_router
+from steward.assistant.runner import ActiveRuns
 from steward.jobs import router as jobs_router
 from steward.notifications import router as realtime_router
 from steward.platform import errors, health
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = Resources.open(settings)
         app.state.resources = resources
+        app.state.active_runs = runs = ActiveRuns()
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's view so that full collections stay short under load (lower p99).
         gc.collect()
@@ -90,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # Runs in flight end as "cancelled" (recorded, and told to their readers).
+            await runs.cancel_all()
             await resources.close()
             log.info("app.stopped")
 
@@ -111,6 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         realtime_router.router,
         realtime_router.notifications,
         jobs_router.router,
+        assistant_router.router,
+        assistant_router.admin,
+        assistant_router.demo,
     ):
         app.include_router(router)
     return app

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-secret-change-me-0123456789abcdef"  # noqa: S105 - the refused default
@@ -21,6 +22,37 @@ class Environment(enum.StrEnum):
 
 class ConfigError(RuntimeError):
     """Settings that must not be used to start the service; the message is one line."""
+
+
+class ProviderConfig(BaseModel):
+    """One OpenAI-compatible endpoint (OpenAI, DashScope compatible mode, Volcano Ark, vLLM,
+    Ollama, ...). The key comes from `api_key`, else the file `api_key_file`, else the
+    environment variable named by `api_key_env`; local servers may need none."""
+
+    model_config = {"extra": "forbid"}
+
+    base_url: str
+    model: str
+    models: list[str] = Field(default_factory=list, description="other models clients may pick")
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    api_key_env: str | None = None
+    context_window: int = Field(default=8192, ge=256)
+    max_output_tokens: int = Field(default=1024, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_token_timeout_s: float = Field(default=30.0, gt=0)
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    total_timeout_s: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+
+    def resolved_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip()
+        if self.api_key_env is not None:
+            return os.environ.get(self.api_key_env) or None
+        return None
 
 
 class Settings(BaseSettings):
@@ -97,12 +129,33 @@ class Settings(BaseSettings):
     # Jobs (cron expressions: minute hour day-of-month month day-of-week, UTC)
     schedule_reminders: str = "* * * * *"
     schedule_cleanup: str = "17 3 * * *"
+    schedule_reap_runs: str = "*/5 * * * *"
     worker_queues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["default", "reminders", "ingest", "assistant"]
     )
     task_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra modules with Celery tasks to load"
     )
+
+    # Assistant. ASSISTANT_PROVIDERS is a JSON object {name: ProviderConfig}; without one,
+    # the offline provider answers (and says so in every reply).
+    assistant_providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    assistant_provider: str | None = Field(
+        default=None, description="the default provider; else the first configured, else offline"
+    )
+    assistant_fallback_provider: str | None = None
+    assistant_prompt_name: str = "assistant"
+    assistant_max_tool_rounds: int = Field(default=4, ge=0, le=20)
+    assistant_max_input_tokens: int = Field(default=4000, ge=16)
+    assistant_retry_base_s: float = Field(default=0.5, gt=0)
+    assistant_retry_max_s: float = Field(default=8.0, gt=0)
+    assistant_breaker_failures: int = Field(default=5, ge=1)
+    assistant_breaker_reset_s: float = Field(default=30.0, gt=0)
+    assistant_offline_delay_s: float = Field(default=0.02, ge=0)
+    run_stream_ttl_s: int = Field(
+        default=3600, ge=1, description="how long a finished run's events stay"
+    )
+    run_stream_maxlen: int = Field(default=10_000, ge=100)
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -133,7 +186,7 @@ class Settings(BaseSettings):
             raise ValueError(f"not a rate limit like '60/minute': {value!r}") from None
         return value
 
-    @field_validator("schedule_reminders", "schedule_cleanup")
+    @field_validator("schedule_reminders", "schedule_cleanup", "schedule_reap_runs")
     @classmethod
     def _cron(cls, value: str) -> str:
         if len(value.split()) != 5:
@@ -163,6 +216,22 @@ class Settings(BaseSettings):
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None
         return self
+
+    @model_validator(mode="after")
+    def _known_providers(self) -> Settings:
+        known = {*self.assistant_providers, "offline"}
+        for field in ("assistant_provider", "assistant_fallback_provider"):
+            name = getattr(self, field)
+            if name is not None and name not in known:
+                raise ValueError(f"{field.upper()}={name!r} is not in ASSISTANT_PROVIDERS")
+        return self
+
+    @property
+    def default_provider(self) -> str:
+        """Offline only when nothing real is configured, or when asked for by name."""
+        if self.assistant_provider is not None:
+            return self.assistant_provider
+        return next(iter(self.assistant_providers), "offline")
 
     @property
     def is_prod(self) -> bool:

@@ -16,7 +16,7 @@ from redis import Redis
 
 from steward.jobs import service
 from steward.jobs.base import backoff_s
-from steward.jobs.router import celery_app
+from steward.jobs.deps import celery_app
 from tests.engines import EngineSet
 from tests.factories import make_account, make_admin
 

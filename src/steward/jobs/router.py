@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from celery import Celery
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import APIRouter, Path, Response, status
 
 from steward.accounts.deps import Admin, CurrentUser, RateLimited
 from steward.jobs import service
+from steward.jobs.deps import CeleryApp
 from steward.jobs.schemas import DeadLetterRead, JobRead
 from steward.platform.api import API_V1
 from steward.platform.deps import Session
@@ -17,14 +17,6 @@ from steward.platform.pagination import Cursor, Limit, Page
 
 router = APIRouter(tags=["jobs"], dependencies=[RateLimited])
 
-
-async def celery_app() -> Celery:
-    from steward.jobs import app
-
-    return app
-
-
-CeleryApp = Annotated[Celery, Depends(celery_app)]
 LetterId = Annotated[uuid.UUID, Path(description="the dead letter's id")]
 
 

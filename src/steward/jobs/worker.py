@@ -57,7 +57,7 @@ def create_celery(settings: Settings) -> Celery:
         "steward",
         broker=broker,
         backend=backend,
-        include=["steward.jobs.tasks", *settings.task_modules],
+        include=["steward.jobs.tasks", "steward.assistant.tasks", *settings.task_modules],
     )
     celery.conf.update(
         task_serializer="json",
@@ -88,6 +88,10 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": cron(settings.schedule_reminders),
             },
             "cleanup": {"task": "steward.cleanup", "schedule": cron(settings.schedule_cleanup)},
+            "assistant-reap": {
+                "task": "steward.assistant.reap",
+                "schedule": cron(settings.schedule_reap_runs),
+            },
         },
     )
     return celery

@@ -11,9 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from steward.platform.cache import Cache as _Cache
-from steward.platform.cache import flush_invalidations
-from steward.platform.db import session_scope
-from steward.platform.pubsub import flush_pending
 from steward.platform.resources import Resources
 from steward.settings import Settings as _Settings
 
@@ -45,13 +42,7 @@ async def get_cache(request: Request) -> _Cache:
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session and transaction per request, committed before the response is sent;
     events queued during it are published once it has committed."""
-    resources = resources_of(request)
-
-    async def publish(session: AsyncSession) -> None:
-        await flush_invalidations(session, resources.cache)
-        await flush_pending(session, resources.redis)
-
-    async with session_scope(resources.sessionmaker, after_commit=publish) as session:
+    async with resources_of(request).transaction() as session:
         yield session
 
 

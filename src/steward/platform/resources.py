@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from steward.assistant.resilience import Providers
 from steward.notifications.hub import Hub
 from steward.platform import db
-from steward.platform.cache import Cache
+from steward.platform.cache import Cache, flush_invalidations
 from steward.platform.proxies import Network, parse_networks
+from steward.platform.pubsub import flush_pending
 from steward.platform.ratelimit import Policy, RateLimiter
 from steward.platform.redis import create_redis
 from steward.settings import Settings
@@ -49,6 +52,7 @@ class Resources:
     policies: RateLimitPolicies
     trusted_proxies: tuple[Network, ...]
     hub: Hub
+    providers: Providers
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -65,10 +69,21 @@ class Resources:
             policies=RateLimitPolicies.from_settings(settings),
             trusted_proxies=parse_networks(settings.trusted_proxies),
             hub=Hub(redis, max_queue=settings.realtime_queue_size),
+            providers=Providers(settings),
         )
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """One unit of work outside a request's session (tool calls, runs, tasks): commits,
+        then publishes the change events and cache invalidations it queued."""
+        return db.session_scope(self.sessionmaker, after_commit=self._publish)
+
+    async def _publish(self, session: AsyncSession) -> None:
+        await flush_invalidations(session, self.cache)
+        await flush_pending(session, self.redis)
 
     async def close(self) -> None:
         try:
+            await self.providers.aclose()
             await self.hub.close()
             await self.redis.aclose()
         finally:

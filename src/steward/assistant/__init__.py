@@ -1,0 +1,1 @@
+"""The assistant: conversations, runs over OpenAI-compatible providers, tools and prompts."""

@@ -1,0 +1,231 @@
+"""Chat providers: OpenAI-compatible endpoints through the official SDK, behind one small
+streaming interface whose chunks and errors do not depend on the SDK.
+
+Error tree (everything a provider raises):
+
+    ProviderError            the provider could not produce (the rest of) a reply
+    ├── ProviderUnavailable  transient: 429, 5xx, timeouts, connection errors; retryable
+    │   └── FirstTokenTimeout  no chunk arrived within the first-token timeout
+    ├── ProviderRejected     the provider refused this request (4xx other than 429)
+    └── CircuitOpen          too many recent failures; not called at all
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import openai
+
+from steward.settings import ProviderConfig
+
+
+class ProviderError(Exception):
+    kind = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProviderError):
+    kind = "provider_unavailable"
+
+
+class FirstTokenTimeout(ProviderUnavailable):
+    kind = "first_token_timeout"
+
+
+class ProviderRejected(ProviderError):
+    kind = "provider_rejected"
+
+
+class CircuitOpen(ProviderError):
+    kind = "circuit_open"
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call; `index` says which call, the first piece carries id and name."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str
+
+
+Chunk = TextDelta | ToolCallDelta | Usage | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    max_tokens: int | None = None
+
+
+class Provider(Protocol):
+    name: str
+    config: ProviderConfig
+    offline: bool
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """The reply as chunks; raises ProviderError (never an SDK exception)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    if not headers:
+        return None
+    raw = headers.get("retry-after-ms")
+    if raw is not None:
+        try:
+            return max(0.0, float(raw) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP date: rare from these APIs; the backoff applies instead
+
+
+def translate(exc: Exception, provider: str) -> ProviderError:
+    """An SDK or transport exception as one of ours."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retry_after = _retry_after(exc.response.headers)
+        message = f"{provider} answered {status}"
+        if status == 429 or status >= 500 or status == 408:
+            return ProviderUnavailable(message, provider=provider, status=status,
+                                       retry_after=retry_after)  # fmt: skip
+        return ProviderRejected(message, provider=provider, status=status)
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return ProviderUnavailable(f"{provider} timed out", provider=provider)
+    if isinstance(exc, openai.APIConnectionError | OSError) or _is_transport_error(exc):
+        return ProviderUnavailable(f"{provider} could not be reached", provider=provider)
+    # Malformed chunks and anything else the SDK raises mid-stream.
+    return ProviderError(f"{provider} sent a reply that could not be read", provider=provider)
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    # Mid-stream, the SDK lets its HTTP client's own errors through unwrapped; that client
+    # is an implementation detail of the SDK (httpx or its fork), so match by origin.
+    module = type(exc).__module__
+    return module.startswith(("httpx", "httpcore")) and not type(exc).__name__.startswith(
+        "Decoding"
+    )
+
+
+class OpenAICompatible:
+    """Any endpoint that speaks the Chat Completions API. The SDK's own retries are off:
+    retrying belongs to `resilience`, which knows whether a token was already streamed."""
+
+    offline = False
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        self._client = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            # Local servers (vLLM, Ollama) take any key; the SDK insists on one.
+            api_key=config.resolved_key() or "unused",
+            max_retries=0,
+            timeout=openai.Timeout(
+                connect=config.connect_timeout_s,
+                read=config.idle_timeout_s,
+                write=config.connect_timeout_s,
+                pool=config.connect_timeout_s,
+            ),
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.tools:
+            kwargs["tools"] = request.tools
+        if request.max_tokens is not None:
+            kwargs["max_tokens"] = request.max_tokens
+        try:
+            response = await self._client.chat.completions.create(**kwargs)
+            async with response:
+                async for chunk in response:
+                    for item in _chunks(chunk):
+                        yield item
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate(exc, self.name) from exc
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _chunks(chunk: Any) -> list[Chunk]:
+    out: list[Chunk] = []
+    usage = getattr(chunk, "usage", None)
+    for choice in chunk.choices or ():
+        delta = choice.delta
+        if delta is not None:
+            if delta.content:
+                out.append(TextDelta(delta.content))
+            for call in delta.tool_calls or ():
+                function = call.function
+                out.append(
+                    ToolCallDelta(
+                        index=call.index,
+                        id=call.id,
+                        name=function.name if function is not None else None,
+                        arguments=(function.arguments or "") if function is not None else "",
+                    )
+                )
+        if choice.finish_reason:
+            out.append(Finish(choice.finish_reason))
+    if usage is not None:
+        out.append(
+            Usage(
+                prompt_tokens=usage.prompt_tokens or 0,
+                completion_tokens=usage.completion_tokens or 0,
+                total_tokens=usage.total_tokens or 0,
+            )
+        )
+    return out

@@ -1,0 +1,538 @@
+"""The assistant API: conversations, messages (JSON or SSE), runs and their resumable event
+streams, the assistant WebSocket, the prompt admin API, and the `/chat` demo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+import structlog
+from fastapi import (
+    APIRouter,
+    Header,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+    status,
+)
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from steward.accounts.deps import (
+    Admin,
+    OptionalPrincipal,
+    Principal,
+    RateLimited,
+    authenticate_connection,
+)
+from steward.assistant import prompts, runner, service
+from steward.assistant.deps import (
+    AssistantLimited,
+    AssistantUser,
+    OwnedConversation,
+    Runs,
+    user_id_of,
+)
+from steward.assistant.models import RunStatus
+from steward.assistant.providers import ChatRequest, ProviderError, TextDelta, Usage
+from steward.assistant.schemas import (
+    ConversationCreate,
+    ConversationRead,
+    MessageCreate,
+    MessageRead,
+    PromptCreate,
+    PromptRead,
+    Reply,
+    RunRead,
+)
+from steward.assistant.streams import RunEvent
+from steward.jobs import service as jobs
+from steward.jobs.deps import celery_app
+from steward.notifications.hub import CONNECTIONS
+from steward.platform.api import API_V1
+from steward.platform.deps import Session, resources_of
+from steward.platform.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    StewardError,
+    TooManyRequests,
+    Unauthorized,
+    UnprocessableContent,
+    problem_body,
+)
+from steward.platform.pagination import Cursor, Limit, Page
+from steward.platform.ratelimit import enforce
+from steward.platform.resources import Resources
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(prefix=f"{API_V1}/assistant", tags=["assistant"], dependencies=[RateLimited])
+admin = APIRouter(prefix=f"{API_V1}/admin/prompts", tags=["admin"], dependencies=[RateLimited])
+demo = APIRouter(tags=["assistant"])
+
+# Proxies must pass events through as they come (nginx buffers unless told not to).
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PING_S = 15
+ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Reply"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+        "description": "the reply as JSON, or its events over SSE with `Accept: text/event-stream`",
+    }
+}
+
+
+def _sse(entry_id: str | None, event: RunEvent) -> ServerSentEvent:
+    return ServerSentEvent(id=entry_id, event=event.event, data=orjson.dumps(event.data).decode())
+
+
+def _wants_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+# --- conversations -------------------------------------------------------------------------
+
+
+@router.post("/conversations", status_code=status.HTTP_201_CREATED, response_model=ConversationRead,
+             summary="Start a conversation (scope assistant)")  # fmt: skip
+async def create_conversation(
+    body: ConversationCreate, principal: AssistantUser, session: Session
+) -> Any:
+    return await service.create_conversation(
+        session, owner_id=user_id_of(principal), title=body.title
+    )
+
+
+@router.get("/conversations", summary="Own conversations, newest first (scope assistant)")
+async def list_conversations(
+    principal: AssistantUser, session: Session, limit: Limit = 20, cursor: Cursor = None
+) -> Page[ConversationRead]:
+    rows, next_cursor = await service.list_conversations(
+        session, owner_id=user_id_of(principal), limit=limit, cursor=cursor
+    )
+    return Page(items=[ConversationRead.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationRead,
+            summary="One own conversation (scope assistant)")  # fmt: skip
+async def get_conversation(conversation: OwnedConversation) -> Any:
+    return conversation
+
+
+@router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete an own conversation and its runs (scope assistant)")  # fmt: skip
+async def delete_conversation(conversation: OwnedConversation, session: Session) -> None:
+    await service.delete_conversation(session, conversation=conversation)
+
+
+@router.get("/conversations/{conversation_id}/messages",
+            summary="A conversation's messages, oldest first (scope assistant)")  # fmt: skip
+async def list_messages(
+    conversation: OwnedConversation,
+    session: Session,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[MessageRead]:
+    after = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise UnprocessableContent(
+                "cursor is not valid; pass `next_cursor` from a previous page unchanged",
+                errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],
+            )
+        after = int(cursor)
+    rows = await service.list_messages(
+        session, conversation_id=conversation.id, limit=limit + 1, after=after
+    )
+    next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
+    return Page(
+        items=[MessageRead.model_validate(r) for r in rows[:limit]], next_cursor=next_cursor
+    )
+
+
+# --- messages and runs ---------------------------------------------------------------------
+
+
+async def _plan(
+    resources: Resources,
+    session: Session,
+    principal: Principal,
+    conversation: Any,
+    body: MessageCreate,
+) -> service.Plan:
+    settings = resources.settings
+    provider, model = service.choose_provider(
+        resources.providers, name=body.provider, model=body.model
+    )
+    assert principal.user is not None
+    plan = await service.start_run(
+        session,
+        conversation=conversation,
+        user_id=principal.user.id,
+        api_key_id=principal.api_key_id,
+        scopes=principal.scopes,
+        user_name=principal.user.display_name or principal.user.email,
+        content=body.content,
+        provider=provider,
+        model=model,
+        prompt_name=settings.assistant_prompt_name,
+        max_input_tokens=settings.assistant_max_input_tokens,
+        background=body.background,
+    )
+    return plan
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages",
+    summary="Send a message; the answer as JSON, or streamed over SSE (scope assistant)",
+    responses={
+        **SSE_RESPONSE,
+        202: {"model": RunRead, "description": "background run queued"},
+        422: {"description": "bad input, or the message exceeds the token limit"},
+    },
+    dependencies=[AssistantLimited],
+)  # fmt: skip
+async def post_message(
+    request: Request,
+    conversation: OwnedConversation,
+    body: MessageCreate,
+    principal: AssistantUser,
+    session: Session,
+    runs: Runs,
+) -> Response:
+    resources = resources_of(request)
+    plan = await _plan(resources, session, principal, conversation, body)
+    if body.background:
+        # Sent to the worker once the request's transaction has committed.
+        await jobs.enqueue(
+            session, await celery_app(), owner_id=plan.user_id,
+            task="steward.assistant.run", kwargs={"plan": plan.to_json()},
+        )  # fmt: skip
+        run = await service.get_run(session, owner_id=plan.user_id, run_id=plan.run_id)
+        return Response(
+            service.run_read(run, []).model_dump_json(),
+            status_code=status.HTTP_202_ACCEPTED,
+            media_type="application/json",
+            headers={"Location": f"{API_V1}/assistant/runs/{plan.run_id}"},
+        )
+    # The run executes in its own task and transactions: they must see it committed.
+    await session.commit()
+    live = runs.start(resources, plan)
+    if _wants_stream(request):
+        return EventSourceResponse(_live_events(live), ping=PING_S, headers=STREAM_HEADERS)
+    async for _ in live.events():
+        pass
+    run = await service.get_run(session, owner_id=plan.user_id, run_id=plan.run_id)
+    messages = await service.run_messages(session, run=run)
+    reply = Reply(run=service.run_read(run, messages),
+                  messages=[MessageRead.model_validate(m) for m in messages])  # fmt: skip
+    return Response(reply.model_dump_json(), media_type="application/json")
+
+
+async def _live_events(live: runner.LiveRun) -> AsyncIterator[ServerSentEvent]:
+    CONNECTIONS.labels("assistant-sse").inc()
+    try:
+        async for entry_id, event in live.events():
+            yield _sse(entry_id, event)
+    finally:
+        CONNECTIONS.labels("assistant-sse").dec()
+
+
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunRead,
+    summary="A run: status, usage, final message (scope assistant)",
+)
+async def get_run(run_id: uuid.UUID, principal: AssistantUser, session: Session) -> Any:
+    run = await service.get_run(session, owner_id=user_id_of(principal), run_id=run_id)
+    return service.run_read(run, await service.run_messages(session, run=run))
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunRead, status_code=status.HTTP_202_ACCEPTED,
+             summary="Stop a run wherever it executes (scope assistant)")  # fmt: skip
+async def cancel_run(
+    request: Request, run_id: uuid.UUID, principal: AssistantUser, session: Session, runs: Runs
+) -> Any:
+    resources = resources_of(request)
+    run = await service.get_run(session, owner_id=user_id_of(principal), run_id=run_id)
+    if RunStatus(run.status).finished:
+        raise Conflict(f"the run has already ended ({run.status})")
+    if not runs.cancel(run_id):
+        await runner.run_log(resources).request_cancel(run_id)
+        if run.status == RunStatus.QUEUED.value:
+            # Not picked up yet: close it here; the worker will find it cancelled.
+            await service.finish_run(session, run_id=run_id, status=RunStatus.CANCELLED,
+                                     usage=Usage(0, 0, 0))  # fmt: skip
+            await runner.run_log(resources).append(
+                run_id, RunEvent("done", {"run_id": str(run_id), "status": "cancelled"})
+            )
+    log.info("assistant.run_cancel_requested", run_id=str(run_id))
+    await session.commit()
+    await session.refresh(run)
+    return service.run_read(run, [])
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    summary="A run's events over SSE, from the start or after Last-Event-ID (scope assistant)",
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the run's events"},
+               410: {"description": "the events expired; GET the run for its final message"}},
+)  # fmt: skip
+async def run_events(
+    request: Request,
+    run_id: uuid.UUID,
+    principal: AssistantUser,
+    session: Session,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Query(max_length=48)] = None,
+) -> Response:
+    resources = resources_of(request)
+    run = await service.get_run(session, owner_id=user_id_of(principal), run_id=run_id)
+    after = last_event_id_header or last_event_id or "0"
+    if after != "0" and not ENTRY_ID.match(after):
+        raise UnprocessableContent(
+            "Last-Event-ID is not an event id from this stream",
+            errors=[{"loc": ["header", "Last-Event-ID"], "msg": "invalid", "type": "value"}],
+        )
+    stream = runner.run_log(resources)
+    if RunStatus(run.status).finished and not await stream.exists(run_id):
+        raise Gone(
+            f"this run's events have expired; GET {API_V1}/assistant/runs/{run_id} "
+            "for its final message",
+            extra={"run": f"{API_V1}/assistant/runs/{run_id}"},
+        )
+    await session.close()  # a stream may last minutes; it holds no connection meanwhile
+    return EventSourceResponse(
+        _replay(resources, run_id, after), ping=PING_S, headers=STREAM_HEADERS
+    )
+
+
+async def _replay(
+    resources: Resources, run_id: uuid.UUID, after: str
+) -> AsyncIterator[ServerSentEvent]:
+    stream = runner.run_log(resources)
+    deadline = time.monotonic() + resources.settings.realtime_max_lifetime_s
+    CONNECTIONS.labels("run-sse").inc()
+    try:
+        while time.monotonic() < deadline:
+            entries = await stream.read(run_id, after=after, block_ms=PING_S * 1000)
+            if not entries and not await stream.exists(run_id):
+                return  # expired (or was never written) while we waited
+            for entry_id, event in entries:
+                yield _sse(entry_id, event)
+                after = entry_id
+                if event.event == "done":
+                    return
+    finally:
+        CONNECTIONS.labels("run-sse").dec()
+
+
+# --- WebSocket -----------------------------------------------------------------------------
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_LIMITED = 4429
+CLOSE_LIFETIME = 4000
+
+
+@router.websocket("/ws")
+async def assistant_socket(websocket: WebSocket) -> None:
+    """Chat over one socket (scope assistant). Send `{"type": "message", "conversation_id",
+    "content"}` or `{"type": "cancel", "run_id"}`; receive `{"type": <event>, "id", "data"}`
+    with the SSE events' names and data, or `{"type": "error", "data": <problem>}`. Close
+    codes: 4401 unauthenticated, 4403 missing scope, 4429 rate limited, 4000 lifetime reached."""
+    await websocket.accept()
+    try:
+        principal = await authenticate_connection(websocket)
+    except StewardError as exc:
+        await websocket.close(code=CLOSE_UNAUTHENTICATED, reason=exc.detail[:100])
+        return
+    if "assistant" not in principal.scopes or principal.user is None:
+        await websocket.close(code=CLOSE_FORBIDDEN, reason="missing scope 'assistant'")
+        return
+    resources = resources_of(websocket)
+    runs: runner.ActiveRuns = websocket.app.state.active_runs
+    mine: dict[uuid.UUID, runner.LiveRun] = {}
+    forwarders: set[asyncio.Task[None]] = set()
+    send_lock = asyncio.Lock()
+
+    async def send(payload: dict[str, Any]) -> None:
+        async with send_lock:
+            await websocket.send_text(orjson.dumps(payload).decode())
+
+    async def forward(live: runner.LiveRun) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            async for entry_id, event in live.events():
+                await send({"type": event.event, "id": entry_id, "data": event.data})
+        mine.pop(live.run_id, None)
+
+    CONNECTIONS.labels("assistant-ws").inc()
+    deadline = time.monotonic() + resources.settings.realtime_max_lifetime_s
+    try:
+        await send({"type": "ready", "user_id": str(principal.user_id)})
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                await websocket.close(code=CLOSE_LIFETIME, reason="maximum lifetime; reconnect")
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    raw = await websocket.receive_text()
+            except TimeoutError:
+                continue
+            try:
+                live = await _on_socket_message(resources, runs, principal, mine, raw)
+            except TooManyRequests as exc:
+                await websocket.close(code=CLOSE_LIMITED, reason=exc.detail[:100])
+                return
+            except StewardError as exc:
+                problem = problem_body(exc.status, slug=exc.slug, detail=exc.detail,
+                                       instance=websocket.url.path, request_id=None)  # fmt: skip
+                await send({"type": "error", "data": problem})
+                continue
+            if live is not None:
+                mine[live.run_id] = live
+                task = asyncio.create_task(forward(live))
+                forwarders.add(task)
+                task.add_done_callback(forwarders.discard)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        for live in list(mine.values()):
+            live.cancel()
+        for task in list(forwarders):
+            task.cancel()
+        CONNECTIONS.labels("assistant-ws").dec()
+
+
+async def _on_socket_message(
+    resources: Resources,
+    runs: runner.ActiveRuns,
+    principal: Principal,
+    mine: dict[uuid.UUID, runner.LiveRun],
+    raw: str,
+) -> runner.LiveRun | None:
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UnprocessableContent("messages are JSON objects") from None
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "cancel":
+        try:
+            run_id = uuid.UUID(str(message.get("run_id")))
+        except ValueError:
+            raise UnprocessableContent("run_id is not a UUID") from None
+        live = mine.get(run_id)
+        if live is None:
+            raise UnprocessableContent("no run of this connection has that id")
+        live.cancel()
+        return None
+    if kind != "message":
+        raise UnprocessableContent('type must be "message" or "cancel"')
+    try:
+        body = MessageCreate.model_validate(message)
+        conversation_id = uuid.UUID(str(message.get("conversation_id")))
+    except (ValidationError, ValueError):
+        raise UnprocessableContent(
+            "a message needs conversation_id (UUID) and content (1-32000 chars)"
+        ) from None
+    if resources.settings.rate_limit_enabled:
+        key = f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
+        enforce(await resources.limiter.hit(resources.policies.assistant, key))
+    async with resources.transaction() as session:
+        conversation = await service.get_conversation(
+            session, owner_id=user_id_of(principal), conversation_id=conversation_id
+        )
+        plan = await _plan(resources, session, principal, conversation,
+                           body.model_copy(update={"background": False}))  # fmt: skip
+    return runs.start(resources, plan)
+
+
+# --- prompts (admin) -----------------------------------------------------------------------
+
+
+@admin.get("/{name}", summary="Every version of a prompt, newest first (admin)")
+async def prompt_versions(name: str, _: Admin, session: Session) -> list[PromptRead]:
+    return [PromptRead.model_validate(r) for r in await prompts.versions(session, name=name)]
+
+
+@admin.post("", status_code=status.HTTP_201_CREATED, response_model=PromptRead,
+            summary="Add a prompt version; `activate` puts it in use (admin)")  # fmt: skip
+async def create_prompt(body: PromptCreate, principal: Admin, session: Session) -> Any:
+    return await prompts.create(
+        session, name=body.name, template=body.template, variables=body.variables,
+        created_by=principal.user_id, activate=body.activate,
+    )  # fmt: skip
+
+
+@admin.post("/{name}/versions/{version}/activate", response_model=PromptRead,
+            summary="Make a version the active one (admin)")  # fmt: skip
+async def activate_prompt(name: str, version: int, _: Admin, session: Session) -> Any:
+    return await prompts.activate(session, name=name, version=version)
+
+
+@admin.post("/{name}/rollback", response_model=PromptRead,
+            summary="Activate the version before the active one (admin)")  # fmt: skip
+async def rollback_prompt(name: str, _: Admin, session: Session) -> Any:
+    return await prompts.rollback(session, name=name)
+
+
+# --- /chat demo ----------------------------------------------------------------------------
+
+
+@demo.get(
+    "/chat",
+    summary='Quick streaming demo: `data: {"token": ...}` lines, then `data: {"done": true}`',
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def chat(
+    request: Request,
+    principal: OptionalPrincipal,
+    message: Annotated[str, Query(min_length=1, max_length=4000)],
+) -> Response:
+    """Stateless: no conversation is stored. Needs `x-api-key` (the service key or a user key
+    with scope assistant) when API_KEY is set; rate limited per caller either way."""
+    resources = resources_of(request)
+    settings = resources.settings
+    if settings.api_key is not None and principal is None:
+        raise Unauthorized("send x-api-key")
+    if principal is not None and "assistant" not in principal.scopes:
+        raise Forbidden("missing scope 'assistant'")
+    if settings.rate_limit_enabled:
+        ip = request.scope.get("state", {}).get("client_ip")
+        key = f"key:{principal.api_key_id}" if principal and principal.api_key_id else f"ip:{ip}"
+        enforce(await resources.limiter.hit(resources.policies.assistant, key))
+    provider = resources.providers.get(None)
+    assert provider is not None
+    chat_request = ChatRequest(
+        model=provider.config.model,
+        messages=[{"role": "user", "content": message}],
+        max_tokens=provider.config.max_output_tokens,
+    )
+    return EventSourceResponse(_demo(resources, provider, chat_request), ping=PING_S,
+                               headers=STREAM_HEADERS)  # fmt: skip
+
+
+async def _demo(
+    resources: Resources, provider: Any, request: ChatRequest
+) -> AsyncIterator[dict[str, str]]:
+    try:
+        opened = await resources.providers.open(provider, request)
+        async for chunk in opened.chunks():
+            if isinstance(chunk, TextDelta):
+                yield {"data": orjson.dumps({"token": chunk.text}).decode()}
+    except ProviderError as exc:
+        yield {"data": orjson.dumps({"error": str(exc)}).decode()}
+    yield {"data": orjson.dumps({"done": True}).decode()}

@@ -1,0 +1,103 @@
+"""Shapes of the assistant API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ConversationCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    title: str = Field(default="", max_length=200)
+
+
+class ConversationRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: str = Field(min_length=1, max_length=32_000)
+    provider: str | None = Field(
+        default=None, max_length=64, description="default: the configured one"
+    )
+    model: str | None = Field(default=None, max_length=128, description="default: the provider's")
+    background: bool = Field(
+        default=False, description="answer 202 at once; the run continues in a worker"
+    )
+
+
+class MessageRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    run_id: uuid.UUID | None = None
+    created_at: datetime
+
+
+class UsageRead(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RunRead(BaseModel):
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    status: str
+    background: bool
+    provider: str
+    model: str
+    offline: bool
+    prompt_name: str
+    prompt_version: int
+    usage: UsageRead
+    attempts: int
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    first_token_at: datetime | None
+    finished_at: datetime | None
+    message: MessageRead | None = Field(default=None, description="the final answer, once there")
+
+
+class Reply(BaseModel):
+    """A whole answer, for clients that do not stream."""
+
+    run: RunRead
+    messages: list[MessageRead] = Field(description="what the run added, in order")
+
+
+class PromptCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.\-]+$")
+    template: str = Field(min_length=1, max_length=20_000)
+    variables: list[str] = Field(default_factory=list, max_length=20)
+    activate: bool = False
+
+
+class PromptRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    version: int
+    template: str
+    variables: list[str]
+    active: bool
+    created_by: uuid.UUID | None
+    created_at: datetime

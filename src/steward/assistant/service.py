@@ -1,0 +1,379 @@
+"""Conversations, their messages and runs: ownership, history, and a run's bookkeeping."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from steward.assistant import prompts, tokens, tools
+from steward.assistant.models import Conversation, Message, Run, RunStatus
+from steward.assistant.providers import Provider, Usage
+from steward.assistant.resilience import Providers
+from steward.assistant.schemas import MessageRead, RunRead, UsageRead
+from steward.platform.errors import NotFound, UnprocessableContent
+from steward.platform.pagination import newest_first
+
+log = structlog.get_logger(__name__)
+
+# How far back a run reads a conversation; older turns would be trimmed anyway.
+HISTORY_LIMIT = 200
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- conversations -------------------------------------------------------------------------
+
+
+async def create_conversation(
+    session: AsyncSession, *, owner_id: uuid.UUID, title: str
+) -> Conversation:
+    conversation = Conversation(owner_id=owner_id, title=title)
+    session.add(conversation)
+    await session.flush()
+    await session.refresh(conversation)
+    return conversation
+
+
+async def get_conversation(
+    session: AsyncSession, *, owner_id: uuid.UUID, conversation_id: uuid.UUID
+) -> Conversation:
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None or conversation.owner_id != owner_id:
+        raise NotFound("no such conversation")
+    return conversation
+
+
+async def list_conversations(
+    session: AsyncSession, *, owner_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[Conversation], str | None]:
+    query = select(Conversation).where(Conversation.owner_id == owner_id)
+    return await newest_first(
+        session, query, at=Conversation.created_at, key=Conversation.id, limit=limit, cursor=cursor
+    )
+
+
+async def delete_conversation(session: AsyncSession, *, conversation: Conversation) -> None:
+    await session.execute(delete(Conversation).where(Conversation.id == conversation.id))
+
+
+async def list_messages(
+    session: AsyncSession, *, conversation_id: uuid.UUID, limit: int, after: int | None
+) -> list[Message]:
+    query = select(Message).where(Message.conversation_id == conversation_id)
+    if after is not None:
+        query = query.where(Message.seq > after)
+    return list((await session.execute(query.order_by(Message.seq).limit(limit))).scalars())
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def as_chat(message: Message) -> dict[str, Any]:
+    """A stored message in the Chat Completions wire format."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = message.tool_calls
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+        if message.name:
+            out["name"] = message.name
+    return out
+
+
+async def history(session: AsyncSession, *, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
+    query = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id, Message.role != "system")
+        .order_by(Message.seq.desc())
+        .limit(HISTORY_LIMIT)
+    )
+    rows = list((await session.execute(query)).scalars())
+    rows.reverse()
+    # A window that starts mid-turn would hand the model a tool result without its call.
+    while rows and rows[0].role != "user":
+        rows.pop(0)
+    return [as_chat(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a run needs to execute, in any process: ids and names, nothing bound to a session."""
+
+    run_id: uuid.UUID
+    conversation_id: uuid.UUID
+    user_id: uuid.UUID
+    scopes: frozenset[str]
+    user_name: str
+    provider: str
+    model: str
+    prompt_name: str
+
+    def caller(self) -> tools.Caller:
+        return tools.Caller(user_id=self.user_id, scopes=self.scopes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": str(self.run_id),
+            "conversation_id": str(self.conversation_id),
+            "user_id": str(self.user_id),
+            "scopes": sorted(self.scopes),
+            "user_name": self.user_name,
+            "provider": self.provider,
+            "model": self.model,
+            "prompt_name": self.prompt_name,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        return cls(
+            run_id=uuid.UUID(data["run_id"]),
+            conversation_id=uuid.UUID(data["conversation_id"]),
+            user_id=uuid.UUID(data["user_id"]),
+            scopes=frozenset(data["scopes"]),
+            user_name=data["user_name"],
+            provider=data["provider"],
+            model=data["model"],
+            prompt_name=data["prompt_name"],
+        )
+
+
+def choose_provider(
+    providers: Providers, *, name: str | None, model: str | None
+) -> tuple[Provider, str]:
+    provider = providers.get(name)
+    if provider is None:
+        raise UnprocessableContent(
+            f"unknown provider {name!r}; available: {providers.names()}",
+            errors=[{"loc": ["body", "provider"], "msg": "unknown provider", "type": "value"}],
+        )
+    allowed = [provider.config.model, *provider.config.models]
+    if model is not None and model not in allowed:
+        raise UnprocessableContent(
+            f"model {model!r} is not offered by {provider.name}; available: {allowed}",
+            errors=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value"}],
+        )
+    return provider, model or provider.config.model
+
+
+def input_budget(provider: Provider) -> int:
+    """Tokens a request may spend on its prompt: the context minus the reply's share."""
+    return provider.config.context_window - provider.config.max_output_tokens
+
+
+async def start_run(
+    session: AsyncSession,
+    *,
+    conversation: Conversation,
+    user_id: uuid.UUID,
+    api_key_id: uuid.UUID | None,
+    scopes: frozenset[str],
+    user_name: str,
+    content: str,
+    provider: Provider,
+    model: str,
+    prompt_name: str,
+    max_input_tokens: int,
+    background: bool,
+) -> Plan:
+    """Check the message fits, store it and a queued run; the caller commits, then executes."""
+    single = tokens.count_text(content, model)
+    if single > max_input_tokens:
+        raise UnprocessableContent(
+            f"the message is about {single} tokens; the limit is {max_input_tokens}",
+            errors=[{"loc": ["body", "content"], "msg": "too many tokens", "type": "too_long"}],
+        )
+    prompt = await prompts.active(session, name=prompt_name)
+    system = {"role": "system", "content": prompt.render(user_name=user_name)}
+    tool_schemas = [tool.schema() for tool in tools.available(scopes)]
+    budget = input_budget(provider) - tokens.count_tools(tool_schemas, model)
+    needed = tokens.count_messages([system, {"role": "user", "content": content}], model)
+    if needed > budget:
+        raise UnprocessableContent(
+            f"the message needs about {needed} tokens with the system prompt; "
+            f"{provider.name}/{model} allows {budget} for input",
+            errors=[{"loc": ["body", "content"], "msg": "too many tokens", "type": "too_long"}],
+        )
+    run = Run(
+        conversation_id=conversation.id,
+        owner_id=user_id,
+        api_key_id=api_key_id,
+        status=RunStatus.QUEUED.value,
+        background=background,
+        provider=provider.name,
+        model=model,
+        prompt_name=prompt.name,
+        prompt_version=prompt.version,
+    )
+    session.add(run)
+    await session.flush()
+    session.add(
+        Message(conversation_id=conversation.id, run_id=run.id, role="user", content=content)
+    )
+    await session.execute(
+        update(Conversation).where(Conversation.id == conversation.id).values(updated_at=_now())
+    )
+    await session.flush()
+    return Plan(
+        run_id=run.id,
+        conversation_id=conversation.id,
+        user_id=user_id,
+        scopes=scopes,
+        user_name=user_name,
+        provider=provider.name,
+        model=model,
+        prompt_name=prompt_name,
+    )
+
+
+async def claim_run(session: AsyncSession, *, run_id: uuid.UUID, streamed: bool | None) -> str:
+    """Take a run for execution: "start" (it was queued), "retry" (an earlier attempt died
+    before streaming anything), "lost" (an earlier attempt died mid-stream: recorded as
+    failed here) or "ended" (finished or cancelled meanwhile). `streamed` says whether the
+    run's event stream holds any output; None when that cannot be known."""
+    run = (
+        await session.execute(select(Run).where(Run.id == run_id).with_for_update())
+    ).scalar_one_or_none()
+    if run is None or RunStatus(run.status).finished:
+        return "ended"
+    outcome = "start"
+    if run.status == RunStatus.RUNNING.value:
+        if streamed is not False:
+            run.status = RunStatus.FAILED.value
+            run.finished_at = _now()
+            run.error = {
+                "type": "https://steward.dev/problems/run-interrupted",
+                "title": "Internal Server Error",
+                "status": 500,
+                "detail": "the process executing this run stopped after the answer had begun",
+            }
+            await session.flush()
+            return "lost"
+        outcome = "retry"
+    run.status = RunStatus.RUNNING.value
+    run.started_at = _now()
+    run.attempts += 1
+    await session.flush()
+    return outcome
+
+
+async def reap_runs(session: AsyncSession, *, older_than: datetime) -> int:
+    """Runs left queued or running by processes that died: marked failed."""
+    result = await session.execute(
+        update(Run)
+        .where(
+            Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]),
+            Run.created_at < older_than,
+        )
+        .values(
+            status=RunStatus.FAILED.value,
+            finished_at=_now(),
+            error={
+                "type": "https://steward.dev/problems/run-interrupted",
+                "title": "Internal Server Error",
+                "status": 500,
+                "detail": "the run did not finish in time; the process executing it stopped",
+            },
+        )
+        .returning(Run.id)
+    )
+    return len(result.all())
+
+
+async def add_message(
+    session: AsyncSession,
+    *,
+    plan: Plan,
+    role: str,
+    content: str,
+    tool_calls: list[dict[str, Any]] | None = None,
+    tool_call_id: str | None = None,
+    name: str | None = None,
+) -> Message:
+    message = Message(
+        conversation_id=plan.conversation_id,
+        run_id=plan.run_id,
+        role=role,
+        content=content,
+        tool_calls=tool_calls,
+        tool_call_id=tool_call_id,
+        name=name,
+    )
+    session.add(message)
+    await session.flush()
+    return message
+
+
+async def finish_run(
+    session: AsyncSession,
+    *,
+    run_id: uuid.UUID,
+    status: RunStatus,
+    usage: Usage,
+    first_token_at: datetime | None = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Record how a run ended; False if it had already ended (a cancel won the race)."""
+    result = await session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
+        .values(
+            status=status.value,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            first_token_at=first_token_at,
+            finished_at=_now(),
+            error=error,
+        )
+        .returning(Run.id)
+    )
+    return result.scalar_one_or_none() is not None
+
+
+async def get_run(session: AsyncSession, *, owner_id: uuid.UUID, run_id: uuid.UUID) -> Run:
+    run = await session.get(Run, run_id)
+    if run is None or run.owner_id != owner_id:
+        raise NotFound("no such run")
+    return run
+
+
+async def run_messages(session: AsyncSession, *, run: Run) -> list[Message]:
+    query = select(Message).where(Message.run_id == run.id, Message.role != "user")
+    return list((await session.execute(query.order_by(Message.seq))).scalars())
+
+
+def run_read(run: Run, messages: list[Message]) -> RunRead:
+    final = next(
+        (m for m in reversed(messages) if m.role == "assistant" and not m.tool_calls), None
+    )
+    return RunRead(
+        id=run.id,
+        conversation_id=run.conversation_id,
+        status=run.status,
+        background=run.background,
+        provider=run.provider,
+        model=run.model,
+        offline=run.provider == "offline",
+        prompt_name=run.prompt_name,
+        prompt_version=run.prompt_version,
+        usage=UsageRead(
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=run.completion_tokens,
+            total_tokens=run.total_tokens,
+        ),
+        attempts=run.attempts,
+        error=run.error,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        first_token_at=run.first_token_at,
+        finished_at=run.finished_at,
+        message=MessageRead.model_validate(final) if final is not None else None,
+    )

@@ -1,0 +1,99 @@
+"""A run's event log: a Redis Stream `run:{id}` that every reader, in any process, can replay
+from the start or from after an entry id (the SSE `id:`), plus the cross-process cancel flag.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+
+EVENTS = ("run", "token", "tool_call", "tool_result", "usage", "error", "done")
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    event: str
+    data: dict[str, Any]
+
+    def encode(self) -> dict[str, bytes]:
+        return {"e": self.event.encode(), "d": orjson.dumps(self.data)}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes]) -> RunEvent:
+        return cls(event=fields[b"e"].decode(), data=orjson.loads(fields[b"d"]))
+
+
+def stream_key(run_id: uuid.UUID | str) -> str:
+    return f"run:{run_id}"
+
+
+def cancel_key(run_id: uuid.UUID | str) -> str:
+    return f"run:{run_id}:cancel"
+
+
+class RunLog:
+    """Appends and reads run events. A failed append is logged and the event still goes to
+    the live reader (without an id): an answer must not die because Redis blinked."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int, live_ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._maxlen = maxlen
+        # While a run is live its stream must outlast it even if the finishing EXPIRE is
+        # never sent (a killed process): the longest a run may take, plus the normal TTL.
+        self._live_ttl_s = live_ttl_s + ttl_s
+        self._last_failure = 0.0
+
+    async def append(self, run_id: uuid.UUID, event: RunEvent) -> str | None:
+        key = stream_key(run_id)
+        try:
+            if event.event in ("run", "done"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(key, event.encode(), maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                    pipe.expire(key, self._ttl_s if event.event == "done" else self._live_ttl_s)
+                    entry_id, _ = await pipe.execute()
+            else:
+                entry_id = await self._redis.xadd(
+                    key,
+                    event.encode(),  # type: ignore[arg-type]
+                    maxlen=self._maxlen,
+                    approximate=True,
+                )
+        except (RedisError, OSError) as exc:
+            now = time.monotonic()
+            if now - self._last_failure > 60:
+                log.warning(
+                    "assistant.run_log_failed", run_id=str(run_id), error=type(exc).__name__
+                )
+                self._last_failure = now
+            return None
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def read(
+        self, run_id: uuid.UUID, *, after: str, block_ms: int | None, count: int = 500
+    ) -> list[tuple[str, RunEvent]]:
+        """Events after entry id `after` ("0" for all), waiting up to `block_ms` for new ones."""
+        response = await self._redis.xread({stream_key(run_id): after}, count=count, block=block_ms)
+        out: list[tuple[str, RunEvent]] = []
+        for _, entries in response or ():
+            for entry_id, fields in entries:
+                out.append((entry_id.decode(), RunEvent.decode(fields)))
+        return out
+
+    async def exists(self, run_id: uuid.UUID) -> bool:
+        return bool(await self._redis.exists(stream_key(run_id)))
+
+    async def request_cancel(self, run_id: uuid.UUID) -> None:
+        await self._redis.set(cancel_key(run_id), b"1", ex=self._live_ttl_s)
+
+    async def cancel_requested(self, run_id: uuid.UUID) -> bool:
+        return bool(await self._redis.exists(cancel_key(run_id)))
