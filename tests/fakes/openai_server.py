@@ -1,0 +1,177 @@
+"""A local OpenAI-compatible server for tests and benchmarks: real HTTP for the real SDK.
+
+By default it answers every chat completion with `DEFAULT_REPLY`, streamed word by word.
+Tests queue scripted behaviours with `FakeOpenAI.script(...)`, one per request, in order:
+
+    Script(text="Hi there")                     a reply
+    Script(tool_calls=[("list_todos", {})])     a tool call
+    Script(status=429, retry_after=1)           an error status (with Retry-After)
+    Script(stall_before_s=5)                    headers, then nothing for a while
+    Script(text="a b c d", stall_after=2)       two tokens, then silence
+    Script(text="a b c d", cut_after=2)         two tokens, then the connection drops
+    Script(malformed=True)                      a chunk that is not JSON
+
+Every request is recorded (`requests`) so tests can check what the provider was sent.
+Run standalone for benchmarks: `python -m tests.fakes.openai_server --port 8900 --delay 0.01`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_REPLY = "Hello from the fake provider."
+MODEL = "fake-model"
+
+
+@dataclass
+class Script:
+    text: str | None = None
+    tool_calls: list[tuple[str, Any]] = field(default_factory=list)
+    status: int | None = None
+    retry_after: float | None = None
+    stall_before_s: float = 0.0
+    stall_after: int | None = None
+    cut_after: int | None = None
+    malformed: bool = False
+    delay_s: float | None = None
+    usage: tuple[int, int] | None = None  # (prompt, completion) to report instead of counting
+
+
+class _Cut(Exception):
+    """Raised inside the body: the server drops the connection mid-response."""
+
+
+class FakeOpenAI:
+    def __init__(self, *, delay_s: float = 0.0, reply: str = DEFAULT_REPLY) -> None:
+        self.delay_s = delay_s
+        self.reply = reply
+        self.scripts: deque[Script] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._completions, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    def script(self, *scripts: Script) -> None:
+        self.scripts.extend(scripts)
+
+    def reset(self) -> None:
+        self.scripts.clear()
+        self.requests.clear()
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model",
+                                                          "created": 0, "owned_by": "fake"}]})  # fmt: skip
+
+    async def _completions(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        script = self.scripts.popleft() if self.scripts else Script()
+        if script.status is not None:
+            headers = {}
+            if script.retry_after is not None:
+                headers["retry-after"] = f"{script.retry_after:g}"
+            error = {"error": {"message": f"scripted {script.status}", "type": "fake",
+                               "code": None, "param": None}}  # fmt: skip
+            return JSONResponse(error, status_code=script.status, headers=headers)
+        prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in body["messages"])
+        words = (script.text if script.text is not None else self.reply).split(" ")
+        tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        if script.tool_calls:
+            tokens = []
+        completion_tokens = len(tokens) + 5 * len(script.tool_calls)
+        if script.usage is not None:
+            prompt_tokens, completion_tokens = script.usage
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        created = int(time.time())
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens) or None}
+            if script.tool_calls:
+                message["tool_calls"] = [
+                    {"id": f"call_{i}", "type": "function",
+                     "function": {"name": name, "arguments": orjson.dumps(args).decode()}}
+                    for i, (name, args) in enumerate(script.tool_calls)
+                ]  # fmt: skip
+            return JSONResponse({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": created,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": "tool_calls" if script.tool_calls else "stop"}],
+                "usage": usage,
+            })  # fmt: skip
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        delay = self.delay_s if script.delay_s is None else script.delay_s
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            payload = {
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }  # fmt: skip
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        async def stream() -> AsyncIterator[bytes]:
+            if script.stall_before_s:
+                await asyncio.sleep(script.stall_before_s)
+            if script.malformed:
+                yield b"data: {this is not json\n\n"
+                return
+            yield chunk({"role": "assistant", "content": ""})
+            for position, token in enumerate(tokens):
+                if script.cut_after is not None and position == script.cut_after:
+                    raise _Cut
+                if script.stall_after is not None and position == script.stall_after:
+                    await asyncio.sleep(3600)
+                if delay:
+                    await asyncio.sleep(delay)
+                yield chunk({"content": token})
+            for index, (name, args) in enumerate(script.tool_calls):
+                arguments = orjson.dumps(args).decode()
+                half = len(arguments) // 2
+                yield chunk({"tool_calls": [{"index": index, "id": f"call_{index}",
+                                             "type": "function",
+                                             "function": {"name": name,
+                                                          "arguments": arguments[:half]}}]})  # fmt: skip
+                yield chunk({"tool_calls": [{"index": index,
+                                             "function": {"arguments": arguments[half:]}}]})  # fmt: skip
+            yield chunk({}, "tool_calls" if script.tool_calls else "stop")
+            if include_usage:
+                final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                         "created": created, "model": body["model"], "choices": [],
+                         "usage": usage}  # fmt: skip
+                yield b"data: " + orjson.dumps(final) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--tokens", type=int, default=5, help="words in the default reply")
+    args = parser.parse_args()
+    reply = " ".join(f"word{i}" for i in range(args.tokens))
+    fake = FakeOpenAI(delay_s=args.delay, reply=reply)
+    uvicorn.run(fake.app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
