@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         realtime_router.notifications,
         jobs_router.router,
         assistant_router.router,
+        assistant_router.sockets,
         assistant_router.admin,
         assistant_router.demo,
     ):

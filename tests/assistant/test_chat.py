@@ -64,7 +64,9 @@ async def test_json_reply_records_the_run_and_the_providers_usage(
     ]
 
 
-async def test_history_is_sent_on_the_next_turn(client: httpx.AsyncClient, fake: ServedFake) -> None:
+async def test_history_is_sent_on_the_next_turn(
+    client: httpx.AsyncClient, fake: ServedFake
+) -> None:
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
     fake.script(Script(text="first answer"), Script(text="second answer"))
@@ -132,7 +134,10 @@ async def test_tools_read_and_change_only_the_callers_todos(
 
     bob_todo = await client.get(f"/api/v1/todos/{bobs['id']}", headers=bob.headers)
     assert bob_todo.json()["done"] is False
-    titles = {t["title"] for t in (await client.get("/api/v1/todos", headers=alice.headers)).json()["items"]}
+    titles = {
+        t["title"]
+        for t in (await client.get("/api/v1/todos", headers=alice.headers)).json()["items"]
+    }
     assert titles == {"alice's", "made by the assistant"}
     # The model saw each tool's result as a tool message answering its call.
     followup = fake.requests[1]["messages"]
@@ -143,7 +148,9 @@ async def test_tools_read_and_change_only_the_callers_todos(
     }  # fmt: skip
 
 
-async def test_bad_tool_arguments_go_back_to_the_model(client: httpx.AsyncClient, fake: ServedFake) -> None:
+async def test_bad_tool_arguments_go_back_to_the_model(
+    client: httpx.AsyncClient, fake: ServedFake
+) -> None:
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
     fake.script(
@@ -182,10 +189,14 @@ async def test_api_key_without_todo_scopes_gets_no_todo_tools(
 ) -> None:
     alice = await make_account(client)
     created = await client.post(
-        "/api/v1/api-keys", json={"name": "chat only", "scopes": ["assistant"]}, headers=alice.headers
+        "/api/v1/api-keys",
+        json={"name": "chat only", "scopes": ["assistant"]},
+        headers=alice.headers,
     )
     key = {"x-api-key": created.json()["secret"]}
-    conversation = (await client.post("/api/v1/assistant/conversations", json={}, headers=key)).json()
+    conversation = (
+        await client.post("/api/v1/assistant/conversations", json={}, headers=key)
+    ).json()
     fake.script(Script(tool_calls=[("create_todo", {"title": "sneaky"})]), Script(text="ok"))
     response = await client.post(
         f"/api/v1/assistant/conversations/{conversation['id']}/messages",
@@ -198,7 +209,9 @@ async def test_api_key_without_todo_scopes_gets_no_todo_tools(
     assert (await client.get("/api/v1/todos", headers=alice.headers)).json()["items"] == []
 
 
-async def test_another_users_conversation_and_run_are_404(client: httpx.AsyncClient, fake: ServedFake) -> None:
+async def test_another_users_conversation_and_run_are_404(
+    client: httpx.AsyncClient, fake: ServedFake
+) -> None:
     alice = await make_account(client)
     bob = await make_account(client)
     conversation = await new_conversation(client, alice)
@@ -221,7 +234,9 @@ async def test_another_users_conversation_and_run_are_404(client: httpx.AsyncCli
     assert (await client.get(f"{base}/conversations", headers=alice.headers)).json()["items"]
 
 
-async def test_too_long_message_is_refused_with_the_limit(client: httpx.AsyncClient, fake: ServedFake) -> None:
+async def test_too_long_message_is_refused_with_the_limit(
+    client: httpx.AsyncClient, fake: ServedFake
+) -> None:
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
     response = await ask(client, alice, conversation, "word " * 5000)
@@ -236,7 +251,9 @@ async def test_too_long_message_is_refused_with_the_limit(client: httpx.AsyncCli
     assert "allows" in response.json()["detail"]
 
 
-async def test_unknown_provider_or_model_is_422(client: httpx.AsyncClient, fake: ServedFake) -> None:
+async def test_unknown_provider_or_model_is_422(
+    client: httpx.AsyncClient, fake: ServedFake
+) -> None:
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
     for extra, field in (({"provider": "nope"}, "provider"), ({"model": "gpt-99"}, "model")):
@@ -255,9 +272,12 @@ def _client(app: FastAPI) -> Any:
 
     @asynccontextmanager
     async def manage() -> Any:
-        async with LifespanManager(app) as manager, httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
-        ) as http:
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
+            ) as http,
+        ):
             yield http
 
     return manage()

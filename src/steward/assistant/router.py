@@ -78,6 +78,8 @@ log = structlog.get_logger(__name__)
 router = APIRouter(prefix=f"{API_V1}/assistant", tags=["assistant"], dependencies=[RateLimited])
 admin = APIRouter(prefix=f"{API_V1}/admin/prompts", tags=["admin"], dependencies=[RateLimited])
 demo = APIRouter(tags=["assistant"])
+# WebSockets authenticate (and are limited) in the handler: HTTP dependencies do not apply.
+sockets = APIRouter(prefix=f"{API_V1}/assistant", tags=["assistant"])
 
 # Proxies must pass events through as they come (nginx buffers unless told not to).
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -347,7 +349,7 @@ CLOSE_LIMITED = 4429
 CLOSE_LIFETIME = 4000
 
 
-@router.websocket("/ws")
+@sockets.websocket("/ws")
 async def assistant_socket(websocket: WebSocket) -> None:
     """Chat over one socket (scope assistant). Send `{"type": "message", "conversation_id",
     "content"}` or `{"type": "cancel", "run_id"}`; receive `{"type": <event>, "id", "data"}`
@@ -508,7 +510,11 @@ async def chat(
     settings = resources.settings
     if settings.api_key is not None and principal is None:
         raise Unauthorized("send x-api-key")
-    if principal is not None and "assistant" not in principal.scopes:
+    if (
+        principal is not None
+        and principal.kind != "service"
+        and "assistant" not in principal.scopes
+    ):
         raise Forbidden("missing scope 'assistant'")
     if settings.rate_limit_enabled:
         ip = request.scope.get("state", {}).get("client_ip")

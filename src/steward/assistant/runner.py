@@ -139,9 +139,6 @@ class Execution:
             error = _problem(exc)
             log.warning("assistant.run_failed", run_id=str(plan.run_id), provider=plan.provider,
                         error=type(exc).__name__, detail=str(exc))  # fmt: skip
-        except asyncio.CancelledError:
-            await asyncio.shield(self._close(RunStatus.CANCELLED, None))
-            raise
         except Exception as exc:
             log.exception("assistant.run_crashed", run_id=str(plan.run_id))
             error = _problem(exc)
@@ -154,7 +151,7 @@ class Execution:
             "total_tokens": self.usage.total_tokens,
         })  # fmt: skip
         assert self.status is not None
-        status = await asyncio.shield(self._close(self.status, error))
+        status = await asyncio.shield(self.close(self.status, error))
         yield RunEvent("done", {"run_id": str(plan.run_id), "status": status.value})
 
     async def _streamed(self) -> bool | None:
@@ -246,7 +243,7 @@ class Execution:
         if self.first_token_at is None:
             self.first_token_at = datetime.now(UTC)
 
-    async def _close(self, status: RunStatus, error: dict[str, Any] | None) -> RunStatus:
+    async def close(self, status: RunStatus, error: dict[str, Any] | None) -> RunStatus:
         """Record the end of the run; a cancel that got there first wins."""
         try:
             async with self.resources.transaction() as session:
@@ -352,12 +349,14 @@ async def drive(
             if deliver is not None:
                 deliver.put_nowait((entry_id, event))
     except asyncio.CancelledError:
-        # The run is recorded as cancelled by now; readers of the stream learn it too.
+        # Cancelled at any point (even before it started): recorded, and every reader told.
+        await asyncio.shield(execution.close(RunStatus.CANCELLED, None))
+        done = RunEvent("done", {"run_id": str(plan.run_id), "status": "cancelled"})
+        entry_id = None
         with contextlib.suppress(Exception):
-            await asyncio.shield(
-                stream.append(plan.run_id, RunEvent("done", {"run_id": str(plan.run_id),
-                                                             "status": "cancelled"}))
-            )  # fmt: skip
+            entry_id = await asyncio.shield(stream.append(plan.run_id, done))
+        if deliver is not None:
+            deliver.put_nowait((entry_id, done))
         raise
     finally:
         watcher.cancel()
