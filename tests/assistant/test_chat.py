@@ -204,7 +204,7 @@ async def test_api_key_without_todo_scopes_gets_no_todo_tools(
     )  # fmt: skip
     assert response.status_code == 200
     assert "tools" not in fake.requests[0]
-    tool_message = [m for m in fake.requests[1]["messages"] if m["role"] == "tool"][0]
+    tool_message = next(m for m in fake.requests[1]["messages"] if m["role"] == "tool")
     assert "needs scope 'todos:write'" in tool_message["content"]
     assert (await client.get("/api/v1/todos", headers=alice.headers)).json()["items"] == []
 

@@ -3,6 +3,7 @@ cut and malformed streams, the circuit breaker and its fallback. No run is left 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -164,7 +165,7 @@ async def test_breaker_opens_then_fallback_answers_then_a_probe_closes_it(
         assert opened["run"]["status"] == "succeeded"
         assert opened["run"]["message"]["content"].startswith("[offline]")
 
-        time.sleep(0.6)  # half-open: one probe goes through and closes the circuit
+        await asyncio.sleep(0.6)  # half-open: one probe goes through and closes the circuit
         probe = (await ask(client, alice, conversation, "hi")).json()
         assert probe["run"]["message"]["content"] == DEFAULT_REPLY
         assert len(fake.requests) == 3
@@ -176,8 +177,10 @@ async def test_breaker_opens_then_fallback_answers_then_a_probe_closes_it(
 async def test_without_a_fallback_an_open_circuit_is_a_clear_error(
     engines: EngineSet, fake: ServedFake
 ) -> None:
-    settings = assistant_settings(engines, fake.url, assistant_breaker_failures=1,
-                                  assistant_breaker_reset_s=60, provider={"max_retries": 0})  # fmt: skip
+    settings = assistant_settings(
+        engines, fake.url, assistant_breaker_failures=1, assistant_breaker_reset_s=60,
+        provider={"max_retries": 0},
+    )  # fmt: skip
     async with _client(create_app(settings)) as client:
         alice = await make_account(client)
         conversation = await new_conversation(client, alice)

@@ -45,7 +45,8 @@ async def test_client_disconnect_cancels_the_run(engines: EngineSet, fake: Serve
         tokens = 0
         async with aconnect_sse(
             http, "POST", f"/api/v1/assistant/conversations/{conversation}/messages",
-            json={"content": "long answer"}, headers={**alice.headers, "Accept": "text/event-stream"},
+            json={"content": "long answer"},
+            headers={**alice.headers, "Accept": "text/event-stream"},
         ) as source:  # fmt: skip
             async for sse in source.aiter_sse():
                 if sse.event == "run":
@@ -119,10 +120,14 @@ async def test_websocket_close_codes(engines: EngineSet, fake: ServedFake) -> No
             await ws.recv()
             message = {"type": "message", "conversation_id": conversation, "content": "hi"}
             await ws.send(json.dumps(message))
-            with pytest.raises(ConnectionClosed) as closed:
+
+            async def keep_asking() -> None:
                 while True:
                     await asyncio.wait_for(ws.recv(), 5)
                     await ws.send(json.dumps(message))
+
+            with pytest.raises(ConnectionClosed) as closed:
+                await keep_asking()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
 
 
@@ -150,7 +155,9 @@ async def test_cancel_endpoint_stops_a_run_from_another_process(
                     events.append(sse.data if sse.event in ("run", "done") else sse.event)
 
         listener = asyncio.create_task(listen())
-        while not events:
+        for _ in range(250):  # until the run event arrives
+            if events:
+                break
             await asyncio.sleep(0.02)
         run_id = json.loads(events[0])["run_id"]
         cancel = f"/api/v1/assistant/runs/{run_id}/cancel"
@@ -168,8 +175,8 @@ async def test_chat_demo_streams_plain_data_lines(engines: EngineSet, fake: Serv
         refused = await http.get("/chat", params={"message": "hi"})
         assert refused.status_code == 401
         lines = []
-        async with http.stream("GET", "/chat", params={"message": "hi"},
-                               headers={"x-api-key": "demo-key-0123456789"}) as response:  # fmt: skip
+        key = {"x-api-key": "demo-key-0123456789"}
+        async with http.stream("GET", "/chat", params={"message": "hi"}, headers=key) as response:
             assert response.headers["x-accel-buffering"] == "no"
             async for line in response.aiter_lines():
                 if line.startswith("data: "):

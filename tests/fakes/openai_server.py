@@ -74,8 +74,8 @@ class FakeOpenAI:
         self.requests.clear()
 
     async def _models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model",
-                                                          "created": 0, "owned_by": "fake"}]})  # fmt: skip
+        model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "fake"}
+        return JSONResponse({"object": "list", "data": [model]})
 
     async def _completions(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
@@ -143,12 +143,11 @@ class FakeOpenAI:
             for index, (name, args) in enumerate(script.tool_calls):
                 arguments = orjson.dumps(args).decode()
                 half = len(arguments) // 2
+                head = {"name": name, "arguments": arguments[:half]}
                 yield chunk({"tool_calls": [{"index": index, "id": f"call_{index}",
-                                             "type": "function",
-                                             "function": {"name": name,
-                                                          "arguments": arguments[:half]}}]})  # fmt: skip
-                yield chunk({"tool_calls": [{"index": index,
-                                             "function": {"arguments": arguments[half:]}}]})  # fmt: skip
+                                             "type": "function", "function": head}]})  # fmt: skip
+                tail = {"arguments": arguments[half:]}
+                yield chunk({"tool_calls": [{"index": index, "function": tail}]})
             yield chunk({}, "tool_calls" if script.tool_calls else "stop")
             if include_usage:
                 final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
