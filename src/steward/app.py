@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
 from steward.accounts import router as accounts_router
+from steward.assistant import gateway
 from steward.assistant import router as assistant_router
 from steward.assistant.runner import ActiveRuns
 from steward.jobs import router as jobs_router
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assistant_router.sockets,
         assistant_router.admin,
         assistant_router.demo,
+        gateway.router,
     ):
         app.include_router(router)
     return app

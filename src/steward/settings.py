@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     assistant_breaker_failures: int = Field(default=5, ge=1)
     assistant_breaker_reset_s: float = Field(default=30.0, gt=0)
     assistant_offline_delay_s: float = Field(default=0.02, ge=0)
+    assistant_daily_tokens_per_user: int | None = Field(
+        default=None, ge=1, description="a user's tokens per UTC day, all keys together"
+    )
+    assistant_daily_tokens_per_key: int | None = Field(
+        default=None, ge=1, description="an API key's tokens per UTC day"
+    )
     run_stream_ttl_s: int = Field(
         default=3600, ge=1, description="how long a finished run's events stay"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -131,4 +131,33 @@ class PromptTemplate(Base):
     __table_args__ = (
         UniqueConstraint("name", "version"),
         Index("uq_prompt_templates_active", "name", unique=True, postgresql_where=text("active")),
+    )
+
+
+class UsageDay(Base):
+    """Tokens used per UTC day, per user and per API key (`api_key_id` NULL: signed-in use).
+    Runs and gateway calls add to it with an upsert, so concurrent writers never lose counts."""
+
+    __tablename__ = "assistant_usage"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    day: Mapped[date]
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE")
+    )
+    requests: Mapped[int] = mapped_column(Integer, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    total_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+    __table_args__ = (
+        Index(
+            "uq_assistant_usage_day_user_key",
+            "day",
+            "user_id",
+            "api_key_id",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
     )

@@ -91,6 +91,8 @@ class ChatRequest:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] = field(default_factory=list)
     max_tokens: int | None = None
+    # Other Chat Completions parameters, passed through as given (the gateway's callers).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(Protocol):
@@ -176,6 +178,7 @@ class OpenAICompatible:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         kwargs: dict[str, Any] = {
+            **request.options,
             "model": request.model,
             "messages": request.messages,
             "stream": True,

@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -52,6 +53,8 @@ from steward.assistant.schemas import (
     PromptRead,
     Reply,
     RunRead,
+    UsageDayRead,
+    UsageReport,
 )
 from steward.assistant.streams import RunEvent
 from steward.jobs import service as jobs
@@ -179,6 +182,11 @@ async def _plan(
         resources.providers, name=body.provider, model=body.model
     )
     assert principal.user is not None
+    await service.check_quota(
+        session, user_id=principal.user.id, api_key_id=principal.api_key_id,
+        per_user=settings.assistant_daily_tokens_per_user,
+        per_key=settings.assistant_daily_tokens_per_key,
+    )  # fmt: skip
     plan = await service.start_run(
         session,
         conversation=conversation,
@@ -339,6 +347,27 @@ async def _replay(
                     return
     finally:
         CONNECTIONS.labels("run-sse").dec()
+
+
+@router.get("/usage", summary="Own token usage per day and API key, with quotas (scope assistant)")
+async def usage(
+    request: Request,
+    principal: AssistantUser,
+    session: Session,
+    days: Annotated[int, Query(ge=1, le=90)] = 30,
+) -> UsageReport:
+    settings = resources_of(request).settings
+    rows = await service.usage_days(session, user_id=user_id_of(principal), days=days)
+    today = datetime.now(UTC).date()
+    total = sum(row.total_tokens for row in rows if row.day == today)
+    quota = settings.assistant_daily_tokens_per_user
+    return UsageReport(
+        items=[UsageDayRead.model_validate(row) for row in rows],
+        today_total_tokens=total,
+        daily_quota_per_user=quota,
+        daily_quota_per_key=settings.assistant_daily_tokens_per_key,
+        remaining_today=max(0, quota - total) if quota is not None else None,
+    )
 
 
 # --- WebSocket -----------------------------------------------------------------------------

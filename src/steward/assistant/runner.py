@@ -35,6 +35,7 @@ from steward.assistant.providers import (
     Usage,
 )
 from steward.assistant.streams import RunEvent, RunLog
+from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -66,7 +67,7 @@ def _problem(exc: ProviderError | TimeoutError | Exception) -> dict[str, Any]:
     else:
         status, slug, detail = 500, "internal-error", "the run failed unexpectedly"
     return {
-        "type": f"https://steward.dev/problems/{slug}",
+        "type": PROBLEM_BASE + slug,
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
@@ -254,6 +255,11 @@ class Execution:
                 if not won:
                     run = await session.get(Run, self.plan.run_id)
                     status = RunStatus(run.status) if run is not None else status
+                else:
+                    await service.record_usage(
+                        session, user_id=self.plan.user_id, api_key_id=self.plan.api_key_id,
+                        usage=self.usage,
+                    )  # fmt: skip
         except Exception:
             log.exception("assistant.run_not_recorded", run_id=str(self.plan.run_id))
         RUNS.labels(self.plan.provider, status.value).inc()

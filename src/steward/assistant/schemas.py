@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,3 +101,24 @@ class PromptRead(BaseModel):
     active: bool
     created_by: uuid.UUID | None
     created_at: datetime
+
+
+class UsageDayRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    day: date
+    api_key_id: uuid.UUID | None = Field(description="null: used while signed in, not by a key")
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageReport(BaseModel):
+    items: list[UsageDayRead] = Field(description="per day and API key, newest day first")
+    today_total_tokens: int
+    daily_quota_per_user: int | None
+    daily_quota_per_key: int | None
+    remaining_today: int | None = Field(
+        description="tokens left today for the user; null: no quota"
+    )

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant import prompts, tokens, tools
-from steward.assistant.models import Conversation, Message, Run, RunStatus
+from steward.assistant.models import Conversation, Message, Run, RunStatus, UsageDay
 from steward.assistant.providers import Provider, Usage
 from steward.assistant.resilience import Providers
 from steward.assistant.schemas import MessageRead, RunRead, UsageRead
-from steward.platform.errors import NotFound, UnprocessableContent
+from steward.platform.errors import PROBLEM_BASE, NotFound, QuotaExceeded, UnprocessableContent
 from steward.platform.pagination import newest_first
 
 log = structlog.get_logger(__name__)
@@ -110,6 +111,7 @@ class Plan:
     run_id: uuid.UUID
     conversation_id: uuid.UUID
     user_id: uuid.UUID
+    api_key_id: uuid.UUID | None
     scopes: frozenset[str]
     user_name: str
     provider: str
@@ -124,6 +126,7 @@ class Plan:
             "run_id": str(self.run_id),
             "conversation_id": str(self.conversation_id),
             "user_id": str(self.user_id),
+            "api_key_id": str(self.api_key_id) if self.api_key_id else None,
             "scopes": sorted(self.scopes),
             "user_name": self.user_name,
             "provider": self.provider,
@@ -137,6 +140,7 @@ class Plan:
             run_id=uuid.UUID(data["run_id"]),
             conversation_id=uuid.UUID(data["conversation_id"]),
             user_id=uuid.UUID(data["user_id"]),
+            api_key_id=uuid.UUID(data["api_key_id"]) if data.get("api_key_id") else None,
             scopes=frozenset(data["scopes"]),
             user_name=data["user_name"],
             provider=data["provider"],
@@ -225,6 +229,7 @@ async def start_run(
         run_id=run.id,
         conversation_id=conversation.id,
         user_id=user_id,
+        api_key_id=api_key_id,
         scopes=scopes,
         user_name=user_name,
         provider=provider.name,
@@ -249,7 +254,7 @@ async def claim_run(session: AsyncSession, *, run_id: uuid.UUID, streamed: bool 
             run.status = RunStatus.FAILED.value
             run.finished_at = _now()
             run.error = {
-                "type": "https://steward.dev/problems/run-interrupted",
+                "type": PROBLEM_BASE + "run-interrupted",
                 "title": "Internal Server Error",
                 "status": 500,
                 "detail": "the process executing this run stopped after the answer had begun",
@@ -276,7 +281,7 @@ async def reap_runs(session: AsyncSession, *, older_than: datetime) -> int:
             status=RunStatus.FAILED.value,
             finished_at=_now(),
             error={
-                "type": "https://steward.dev/problems/run-interrupted",
+                "type": PROBLEM_BASE + "run-interrupted",
                 "title": "Internal Server Error",
                 "status": 500,
                 "detail": "the run did not finish in time; the process executing it stopped",
@@ -377,3 +382,82 @@ def run_read(run: Run, messages: list[Message]) -> RunRead:
         finished_at=run.finished_at,
         message=MessageRead.model_validate(final) if final is not None else None,
     )
+
+
+# --- usage and quotas ----------------------------------------------------------------------
+
+
+def _today() -> date:
+    return _now().date()
+
+
+async def record_usage(
+    session: AsyncSession, *, user_id: uuid.UUID, api_key_id: uuid.UUID | None, usage: Usage
+) -> None:
+    """Add one request's tokens to today's row for this user and key."""
+    statement = insert(UsageDay).values(
+        day=_today(),
+        user_id=user_id,
+        api_key_id=api_key_id,
+        requests=1,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+    excluded = statement.excluded
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["day", "user_id", "api_key_id"],
+            set_={
+                "requests": UsageDay.requests + 1,
+                "prompt_tokens": UsageDay.prompt_tokens + excluded.prompt_tokens,
+                "completion_tokens": UsageDay.completion_tokens + excluded.completion_tokens,
+                "total_tokens": UsageDay.total_tokens + excluded.total_tokens,
+            },
+        )
+    )
+
+
+async def check_quota(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    api_key_id: uuid.UUID | None,
+    per_user: int | None,
+    per_key: int | None,
+) -> None:
+    """Refuse, before any provider call, a caller whose daily token quota is spent."""
+    if per_user is None and (per_key is None or api_key_id is None):
+        return
+    rows = (
+        await session.execute(
+            select(UsageDay.api_key_id, UsageDay.total_tokens).where(
+                UsageDay.day == _today(), UsageDay.user_id == user_id
+            )
+        )
+    ).all()
+    spent_user = sum(total for _, total in rows)
+    spent_key = sum(total for key, total in rows if key is not None and key == api_key_id)
+    now = _now()
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    retry_after = max(1, int((midnight - now).total_seconds()))
+    if per_user is not None and spent_user >= per_user:
+        raise QuotaExceeded(
+            f"daily token quota of {per_user} used up; it resets at 00:00 UTC",
+            retry_after=retry_after,
+        )
+    if per_key is not None and api_key_id is not None and spent_key >= per_key:
+        raise QuotaExceeded(
+            f"this API key's daily token quota of {per_key} is used up; it resets at 00:00 UTC",
+            retry_after=retry_after,
+        )
+
+
+async def usage_days(session: AsyncSession, *, user_id: uuid.UUID, days: int) -> list[UsageDay]:
+    since = _today() - timedelta(days=days - 1)
+    query = (
+        select(UsageDay)
+        .where(UsageDay.user_id == user_id, UsageDay.day >= since)
+        .order_by(UsageDay.day.desc(), UsageDay.api_key_id.nulls_first())
+    )
+    return list((await session.execute(query)).scalars())

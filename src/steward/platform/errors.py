@@ -10,7 +10,8 @@
     ├── PreconditionFailed       412 `If-Match` and friends did not match
     ├── PayloadTooLarge          413 body over the configured limit
     ├── UnprocessableContent     422 well-formed but invalid (adds `errors[]` when given)
-    ├── TooManyRequests          429 rate limit or quota (adds Retry-After)
+    ├── TooManyRequests          429 rate limit (adds Retry-After)
+    │   └── QuotaExceeded        429 a daily token quota is used up
     └── ServiceUnavailable       503 a dependency is down
 
 Services raise these; routers never catch them; `install_handlers` maps them in one place.
@@ -124,6 +125,10 @@ class TooManyRequests(StewardError):
     def __init__(self, detail: str | None = None, *, retry_after: int, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
         self.headers.setdefault("Retry-After", str(max(1, retry_after)))
+
+
+class QuotaExceeded(TooManyRequests):
+    slug = "quota-exceeded"
 
 
 class ServiceUnavailable(StewardError):

@@ -1,0 +1,326 @@
+"""An OpenAI-compatible gateway: `POST /v1/chat/completions` and `GET /v1/models`, so any
+OpenAI client (the official SDK included) can use Steward's providers with a Steward API key
+sent as `Authorization: Bearer`. Calls get Steward's retries, breaker, limits, metrics and
+usage accounting; errors use OpenAI's `{"error": {...}}` shape instead of problem+json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, Literal
+
+import orjson
+import structlog
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from steward.accounts.deps import Principal, policy_of, resolve_principal
+from steward.assistant import service, tokens
+from steward.assistant.providers import (
+    ChatRequest,
+    Finish,
+    Provider,
+    ProviderError,
+    ProviderUnavailable,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from steward.platform.deps import Session, resources_of
+from steward.platform.errors import (
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    StewardError,
+    Unauthorized,
+)
+from steward.platform.ratelimit import enforce
+from steward.platform.resources import Resources
+
+log = structlog.get_logger(__name__)
+
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+          404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+          429: "rate_limit_error"}  # fmt: skip
+
+
+def openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+    body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"),
+                      "param": param, "code": code}}  # fmt: skip
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)  # fmt: skip
+
+
+def _code(exc: StewardError) -> str | None:
+    if isinstance(exc, QuotaExceeded):
+        return "insufficient_quota"
+    return {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}.get(
+        exc.status
+    )
+
+
+class OpenAIRoute(APIRoute):
+    """Errors of these routes in OpenAI's shape, which its SDKs turn into their exceptions."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {}
+                param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+                return openai_error(400, f"invalid request: {first.get('msg', 'bad body')}",
+                                    param=param)  # fmt: skip
+            except StewardError as exc:
+                return openai_error(exc.status, exc.detail, code=_code(exc), headers=exc.headers)
+
+        return route
+
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
+
+
+async def gateway_principal(request: Request, session: Session) -> Principal:
+    """A Steward API key (scope assistant) as `Authorization: Bearer`, or as `x-api-key`."""
+    resources = resources_of(request)
+    header = request.headers.get("authorization", "")
+    secret = header[7:].strip() if header.lower().startswith("bearer ") else None
+    secret = secret or request.headers.get("x-api-key")
+    if not secret:
+        raise Unauthorized("send a Steward API key as `Authorization: Bearer <key>`")
+    principal = await resolve_principal(
+        request, session, resources.settings, policy_of(request), None, secret
+    )
+    if principal is None or principal.user is None:
+        raise Unauthorized("the gateway takes a user's API key")
+    if "assistant" not in principal.scopes:
+        raise Forbidden("this API key lacks scope 'assistant'")
+    if resources.settings.rate_limit_enabled:
+        key = f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
+        enforce(await resources.limiter.hit(resources.policies.assistant, key))
+    return principal
+
+
+GatewayCaller = Annotated[Principal, Depends(gateway_principal)]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Any = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=128)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=2000)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: Any = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Literal[1] | None = None
+
+
+def _models(resources: Resources) -> list[tuple[str, Provider]]:
+    out: list[tuple[str, Provider]] = []
+    for name in resources.providers.names():
+        provider = resources.providers.get(name)
+        assert provider is not None
+        out.extend((model, provider) for model in [provider.config.model, *provider.config.models])
+    return out
+
+
+@router.get("/models", summary="Models the gateway serves (a Steward API key)")
+async def list_models(request: Request, _: GatewayCaller) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": 0, "owned_by": provider.name}
+                 for model, provider in _models(resources_of(request))],
+    }  # fmt: skip
+
+
+@router.post("/chat/completions", summary="Chat Completions, streamed or not (a Steward API key)",
+             response_model=None)  # fmt: skip
+async def chat_completions(
+    request: Request, body: CompletionRequest, principal: GatewayCaller, session: Session
+) -> Response:
+    resources = resources_of(request)
+    settings = resources.settings
+    assert principal.user_id is not None
+    provider = next((p for model, p in _models(resources) if model == body.model), None)
+    if provider is None:
+        raise NotFound(f"the model {body.model!r} does not exist or is not served here")
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    tools = body.tools or []
+    needed = tokens.count_messages(messages, body.model) + tokens.count_tools(tools, body.model)
+    budget = service.input_budget(provider)
+    if needed > budget:
+        return openai_error(400, f"this request needs about {needed} tokens; {body.model} "
+                            f"accepts {budget} of input", code="context_length_exceeded",
+                            param="messages")  # fmt: skip
+    await service.check_quota(
+        session, user_id=principal.user_id, api_key_id=principal.api_key_id,
+        per_user=settings.assistant_daily_tokens_per_user,
+        per_key=settings.assistant_daily_tokens_per_key,
+    )  # fmt: skip
+    await session.close()  # the call may take minutes; usage is recorded in its own transaction
+    options = body.model_dump(
+        include={"tool_choice", "temperature", "top_p", "stop", "seed"}, exclude_none=True
+    )
+    chat = ChatRequest(
+        model=body.model, messages=messages, tools=tools, options=options,
+        max_tokens=body.max_completion_tokens or body.max_tokens
+        or provider.config.max_output_tokens,
+    )  # fmt: skip
+    try:
+        opened = await resources.providers.open(provider, chat)
+    except ProviderError as exc:
+        status = 503 if isinstance(exc, ProviderUnavailable) else 502
+        return openai_error(status, str(exc), code=exc.kind)
+    completion = _Completion(resources, principal, body.model, needed)
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(
+            completion.stream(opened.chunks(), include_usage=include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        return Response(orjson.dumps(await completion.whole(opened.chunks())),
+                        media_type="application/json")  # fmt: skip
+    except ProviderError as exc:
+        return openai_error(502, str(exc), code=exc.kind)
+
+
+class _Completion:
+    """One gateway answer in the Chat Completions wire format, and its usage bookkeeping."""
+
+    def __init__(self, resources: Resources, principal: Principal, model: str, prompt: int) -> None:
+        self.resources = resources
+        self.principal = principal
+        self.model = model
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.estimated_prompt = prompt
+        self.usage: Usage | None = None
+        self.completion_chars = 0
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                   "model": self.model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    async def stream(
+        self, chunks: AsyncIterator[Any], *, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        try:
+            yield self._chunk({"role": "assistant", "content": ""})
+            async for chunk in chunks:
+                if isinstance(chunk, TextDelta):
+                    self.completion_chars += len(chunk.text)
+                    yield self._chunk({"content": chunk.text})
+                elif isinstance(chunk, ToolCallDelta):
+                    self.completion_chars += len(chunk.arguments)
+                    yield self._chunk({"tool_calls": [_tool_delta(chunk)]})
+                elif isinstance(chunk, Finish):
+                    yield self._chunk({}, chunk.reason)
+                elif isinstance(chunk, Usage):
+                    self.usage = chunk
+            if include_usage:
+                usage = self._final_usage()
+                final = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                         "model": self.model, "choices": [],
+                         "usage": _usage_json(usage)}  # fmt: skip
+                yield b"data: " + orjson.dumps(final) + b"\n\n"
+        except ProviderError as exc:
+            error = {"error": {"message": str(exc), "type": "api_error", "param": None,
+                               "code": exc.kind}}  # fmt: skip
+            yield b"data: " + orjson.dumps(error) + b"\n\n"
+        finally:
+            await asyncio.shield(self._record())
+        yield b"data: [DONE]\n\n"
+
+    async def whole(self, chunks: AsyncIterator[Any]) -> dict[str, Any]:
+        text: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        finish = "stop"
+        try:
+            async for chunk in chunks:
+                if isinstance(chunk, TextDelta):
+                    text.append(chunk.text)
+                elif isinstance(chunk, ToolCallDelta):
+                    empty = {"name": "", "arguments": ""}
+                    call = calls.setdefault(
+                        chunk.index, {"id": "", "type": "function", "function": empty}
+                    )
+                    call["id"] = chunk.id or call["id"]
+                    call["function"]["name"] = chunk.name or call["function"]["name"]
+                    call["function"]["arguments"] += chunk.arguments
+                elif isinstance(chunk, Finish):
+                    finish = chunk.reason
+                elif isinstance(chunk, Usage):
+                    self.usage = chunk
+        finally:
+            self.completion_chars = sum(len(t) for t in text)
+            await asyncio.shield(self._record())
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                         "logprobs": None}],
+            "usage": _usage_json(self._final_usage()),
+        }  # fmt: skip
+
+    def _final_usage(self) -> Usage:
+        if self.usage is not None:
+            return self.usage
+        # The provider did not report usage: a conservative estimate is recorded instead.
+        completion = max(1, self.completion_chars // 3)
+        return Usage(self.estimated_prompt, completion, self.estimated_prompt + completion)
+
+    async def _record(self) -> None:
+        assert self.principal.user_id is not None
+        try:
+            async with self.resources.transaction() as session:
+                await service.record_usage(
+                    session, user_id=self.principal.user_id,
+                    api_key_id=self.principal.api_key_id, usage=self._final_usage(),
+                )  # fmt: skip
+        except Exception:  # the answer went out; the log must say it was not counted
+            log.exception("gateway.usage_not_recorded", user_id=str(self.principal.user_id))
+
+
+def _tool_delta(chunk: ToolCallDelta) -> dict[str, Any]:
+    delta: dict[str, Any] = {"index": chunk.index, "function": {"arguments": chunk.arguments}}
+    if chunk.id:
+        delta["id"] = chunk.id
+        delta["type"] = "function"
+    if chunk.name:
+        delta["function"]["name"] = chunk.name
+    return delta
+
+
+def _usage_json(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}  # fmt: skip
