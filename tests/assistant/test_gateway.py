@@ -34,8 +34,8 @@ async def test_the_official_sdk_works_against_the_gateway(
         httpx.AsyncClient(base_url=base) as http,
     ):
         alice = await make_account(http)
-        sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=await _key(http, alice, ["assistant"]),
-                                 max_retries=0)  # fmt: skip
+        secret = await _key(http, alice, ["assistant"])
+        sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
         models = await sdk.models.list()
         assert [m.id for m in models.data] == [MODEL]
 
@@ -47,9 +47,11 @@ async def test_the_official_sdk_works_against_the_gateway(
         assert (whole.usage.prompt_tokens, whole.usage.total_tokens) == (11, 13)
         assert fake.requests[-1]["temperature"] == 0.2
 
-        weather = {"type": "function", "function": {
-            "name": "get_weather", "parameters": {"type": "object",
-                                                  "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+        parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+        weather = {
+            "type": "function",
+            "function": {"name": "get_weather", "parameters": parameters},
+        }
         fake.script(Script(tool_calls=[("get_weather", {"city": "Oslo"})], usage=(20, 5)))
         stream = await sdk.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "weather?"}], tools=[weather],
@@ -143,8 +145,8 @@ async def test_daily_quota_refuses_before_calling_the_provider(
         assert 0 < int(refused.headers["retry-after"]) <= 86_400
         assert len(fake.requests) == calls
 
-        sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=await _key(http, alice, ["assistant"]),
-                                 max_retries=0)  # fmt: skip
+        secret = await _key(http, alice, ["assistant"])
+        sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
         with pytest.raises(openai.RateLimitError) as limited:
             await sdk.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "x"}]
