@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ def redis_broker(engines: EngineSet) -> str:
     return engines.redis_url.rsplit("/", 1)[0] + "/10"
 
 
-def start_worker(engines: EngineSet, *, broker: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    engines: EngineSet, *, broker: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -38,6 +41,7 @@ def start_worker(engines: EngineSet, *, broker: str) -> subprocess.Popen[bytes]:
         "LOG_FORMAT": "json",
     }
     env["CELERY_BROKER_URL"] = broker
+    env.update(extra_env or {})
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "steward.jobs", "worker", "-P", "prefork", "-c",
          "2", "-Q", "default,reminders,ingest,assistant", "--without-gossip", "--without-mingle",
@@ -59,11 +63,13 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def worker(engines: EngineSet) -> Iterator[Celery]:
-    """A worker on the test Redis; yields a Celery client configured the same way."""
+@contextmanager
+def running_worker(
+    engines: EngineSet, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[Celery, subprocess.Popen[bytes]]]:
+    """A worker process on the test Redis, answering pings; with a Celery client for it."""
     broker = redis_broker(engines)
-    process = start_worker(engines, broker=broker)
+    process = start_worker(engines, broker=broker, extra_env=extra_env)
     client = create_celery(
         make_settings(engines, celery_broker_url=broker, task_modules="tests.jobs.tasks_for_tests")
     )
@@ -76,6 +82,13 @@ def worker(engines: EngineSet) -> Iterator[Celery]:
             except Exception:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
-        yield client
+        yield client, process
     finally:
         stop_worker(process)
+
+
+@pytest.fixture(scope="module")
+def worker(engines: EngineSet) -> Iterator[Celery]:
+    """A worker on the test Redis; yields a Celery client configured the same way."""
+    with running_worker(engines) as (client, _):
+        yield client

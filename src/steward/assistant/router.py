@@ -58,7 +58,7 @@ from steward.assistant.schemas import (
 )
 from steward.assistant.streams import RunEvent
 from steward.jobs import service as jobs
-from steward.jobs.deps import celery_app
+from steward.jobs.deps import CeleryApp
 from steward.notifications.hub import CONNECTIONS
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, resources_of
@@ -221,13 +221,14 @@ async def post_message(
     principal: AssistantUser,
     session: Session,
     runs: Runs,
+    celery: CeleryApp,
 ) -> Response:
     resources = resources_of(request)
     plan = await _plan(resources, session, principal, conversation, body)
     if body.background:
         # Sent to the worker once the request's transaction has committed.
         await jobs.enqueue(
-            session, await celery_app(), owner_id=plan.user_id,
+            session, celery, owner_id=plan.user_id,
             task="steward.assistant.run", kwargs={"plan": plan.to_json()},
         )  # fmt: skip
         run = await service.get_run(session, owner_id=plan.user_id, run_id=plan.run_id)
