@@ -199,8 +199,10 @@ async def test_a_worker_killed_mid_run_leaves_the_run_failed_not_running(
         run_id = accepted.json()["id"]
         seen = await asyncio.wait_for(read_events(http, alice, run_id, stop_after=10), 30)
         assert seen[-1][1] == "token"
-        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
-                                  text=True, check=False).stdout.split()  # fmt: skip
+        pgrep = await asyncio.create_subprocess_exec(
+            "pgrep", "-P", str(process.pid), stdout=asyncio.subprocess.PIPE
+        )
+        children = (await pgrep.communicate())[0].decode().split()
         assert children
         for child in children:  # the pool process running the task dies without a word
             os.kill(int(child), signal.SIGKILL)
