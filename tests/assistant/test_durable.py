@@ -221,11 +221,10 @@ async def test_orphaned_runs_are_reaped(engines: EngineSet, fake: ServedFake) ->
         conversation = await new_conversation(http, alice)
         resources: Resources = base.app.state.resources
         async with resources.transaction() as session:
-            old = Run(conversation_id=conversation, owner_id=alice.id, provider="fake",
-                      model="m", prompt_name="assistant", prompt_version=0, status="running",
-                      created_at=datetime.now(UTC) - timedelta(hours=1))  # fmt: skip
-            fresh = Run(conversation_id=conversation, owner_id=alice.id, provider="fake",
-                        model="m", prompt_name="assistant", prompt_version=0, status="queued")  # fmt: skip
+            common = {"conversation_id": conversation, "owner_id": alice.id, "provider": "fake",
+                      "model": "m", "prompt_name": "assistant", "prompt_version": 0}  # fmt: skip
+            old = Run(**common, status="running", created_at=datetime.now(UTC) - timedelta(hours=1))
+            fresh = Run(**common, status="queued")
             session.add_all([old, fresh])
         async with resources.transaction() as session:
             reaped = await service.reap_runs(
