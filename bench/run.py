@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -161,6 +162,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--only", choices=["http", "streams"], help="run one part only")
+    parser.add_argument("--token-delay", type=float, default=0.05,
+                        help="seconds between the fake provider's tokens")  # fmt: skip
+    parser.add_argument("--tokens", type=int, default=20, help="tokens per fake reply")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it)")
@@ -183,69 +188,94 @@ def main() -> None:
             "ACCESS_TOKEN_TTL_S": "86400",
         }
         steward_env["RATE_LIMIT_AUTHENTICATED"] = "1000000000/minute"  # counted, never hit
-        servers = {
-            "raw-asgi": Server("raw-asgi", [], base_env, free_port()),
-            "bare-fastapi": Server("bare-fastapi", [], base_env, free_port()),
-            "steward": Server("steward", [], steward_env, free_port()),
-            "steward-nocache": Server(
-                "steward-nocache", [], {**steward_env, "CACHE_ENABLED": "false"}, free_port()
-            ),
-            "steward-nolimit": Server(
-                "steward-nolimit", [], {**steward_env, "RATE_LIMIT_ENABLED": "false"}, free_port()
-            ),
-        }
-        servers["raw-asgi"].argv = uvicorn_argv(
-            "bench.baselines:raw_asgi", servers["raw-asgi"].port
-        )
-        servers["bare-fastapi"].argv = uvicorn_argv(
-            "bench.baselines:bare_fastapi", servers["bare-fastapi"].port
-        )
-        for name in ("steward", "steward-nocache", "steward-nolimit"):
-            servers[name].argv = [PYTHON, "-m", "steward", "api", "--port", str(servers[name].port)]
+        if args.only in (None, "http"):
+            http_benchmarks(args, engines, base_env, steward_env)
+        if args.only in (None, "streams"):
+            stream_benchmarks(args, engines, steward_env)
 
-        with (
-            serve(servers["raw-asgi"]),
-            serve(servers["bare-fastapi"]),
-            serve(servers["steward"]),
-            serve(servers["steward-nocache"]),
-            serve(servers["steward-nolimit"]),
-        ):
-            auth = {"Authorization": f"Bearer {seed_user(servers['steward'].base)}"}
-            scenarios = [
-                Scenario("raw ASGI /health", "raw-asgi", "/health", 50),
-                Scenario("bare FastAPI /health", "bare-fastapi", "/health", 50),
-                Scenario("Steward /health (all middleware, access log on)", "steward",
-                         "/health", 50),
-                Scenario("Steward GET /api/v1/users/me", "steward", "/api/v1/users/me", 50, auth),
-                Scenario("Steward GET /api/v1/todos?limit=20", "steward",
-                         "/api/v1/todos?limit=20", 50, auth),
-                Scenario("Steward GET /api/v1/todos?limit=20, cache off", "steward-nocache",
-                         "/api/v1/todos?limit=20", 50, auth),
-                Scenario("Steward GET /api/v1/users/me, rate limiter off", "steward-nolimit",
-                         "/api/v1/users/me", 50, auth),
-                Scenario("Steward GET /api/v1/todos?limit=20, burst", "steward",
-                         "/api/v1/todos?limit=20", 200, auth),
-            ]  # fmt: skip
-            for scenario in scenarios:  # warm-up
-                wrk(servers[scenario.server].base + scenario.path, connections=scenario.connections,
-                    duration=2, headers=scenario.headers)  # fmt: skip
-            for round_no in range(args.rounds):
-                for scenario in scenarios:
-                    result = wrk(
-                        servers[scenario.server].base + scenario.path,
-                        connections=scenario.connections,
-                        duration=args.duration,
-                        headers=scenario.headers,
-                    )
-                    scenario.results.append(result)
-                    print(
-                        f"round {round_no + 1} {scenario.name}: {result.rps:.0f} req/s "
-                        f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms "
-                        f"errors {result.errors}",
-                        flush=True,
-                    )
-            limiter = anyio.run(limiter_overhead, engines.redis_url)
-        write_results(scenarios, args, engines.kind, limiter)
+
+def stream_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
+    from bench import streams
+
+    stack = streams.start_stack(steward_env, token_delay_s=args.token_delay, tokens=args.tokens,
+                                free_port=free_port, out=OUT)  # fmt: skip
+    try:
+        results = anyio.run(streams.run_all, stack, engines.redis_url,
+                            args.tokens * args.token_delay)  # fmt: skip
+    finally:
+        streams.stop_stack(stack)
+    lines = streams.markdown(results, token_delay_s=args.token_delay, tokens=args.tokens)
+    update_results("Streams", [
+        f"Written by `python -m bench.run --only streams --token-delay {args.token_delay} "
+        f"--tokens {args.tokens}` (part of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} "
+        f"UTC; engines: {engines.kind}.", "", *lines,
+    ])  # fmt: skip
+
+
+def http_benchmarks(
+    args: argparse.Namespace, engines: Any, base_env: dict[str, str], steward_env: dict[str, str]
+) -> None:
+    servers = {
+        "raw-asgi": Server("raw-asgi", [], base_env, free_port()),
+        "bare-fastapi": Server("bare-fastapi", [], base_env, free_port()),
+        "steward": Server("steward", [], steward_env, free_port()),
+        "steward-nocache": Server(
+            "steward-nocache", [], {**steward_env, "CACHE_ENABLED": "false"}, free_port()
+        ),
+        "steward-nolimit": Server(
+            "steward-nolimit", [], {**steward_env, "RATE_LIMIT_ENABLED": "false"}, free_port()
+        ),
+    }
+    servers["raw-asgi"].argv = uvicorn_argv("bench.baselines:raw_asgi", servers["raw-asgi"].port)
+    servers["bare-fastapi"].argv = uvicorn_argv(
+        "bench.baselines:bare_fastapi", servers["bare-fastapi"].port
+    )
+    for name in ("steward", "steward-nocache", "steward-nolimit"):
+        servers[name].argv = [PYTHON, "-m", "steward", "api", "--port", str(servers[name].port)]
+
+    with (
+        serve(servers["raw-asgi"]),
+        serve(servers["bare-fastapi"]),
+        serve(servers["steward"]),
+        serve(servers["steward-nocache"]),
+        serve(servers["steward-nolimit"]),
+    ):
+        auth = {"Authorization": f"Bearer {seed_user(servers['steward'].base)}"}
+        scenarios = [
+            Scenario("raw ASGI /health", "raw-asgi", "/health", 50),
+            Scenario("bare FastAPI /health", "bare-fastapi", "/health", 50),
+            Scenario("Steward /health (all middleware, access log on)", "steward",
+                     "/health", 50),
+            Scenario("Steward GET /api/v1/users/me", "steward", "/api/v1/users/me", 50, auth),
+            Scenario("Steward GET /api/v1/todos?limit=20", "steward",
+                     "/api/v1/todos?limit=20", 50, auth),
+            Scenario("Steward GET /api/v1/todos?limit=20, cache off", "steward-nocache",
+                     "/api/v1/todos?limit=20", 50, auth),
+            Scenario("Steward GET /api/v1/users/me, rate limiter off", "steward-nolimit",
+                     "/api/v1/users/me", 50, auth),
+            Scenario("Steward GET /api/v1/todos?limit=20, burst", "steward",
+                     "/api/v1/todos?limit=20", 200, auth),
+        ]  # fmt: skip
+        for scenario in scenarios:  # warm-up
+            wrk(servers[scenario.server].base + scenario.path, connections=scenario.connections,
+                duration=2, headers=scenario.headers)  # fmt: skip
+        for round_no in range(args.rounds):
+            for scenario in scenarios:
+                result = wrk(
+                    servers[scenario.server].base + scenario.path,
+                    connections=scenario.connections,
+                    duration=args.duration,
+                    headers=scenario.headers,
+                )
+                scenario.results.append(result)
+                print(
+                    f"round {round_no + 1} {scenario.name}: {result.rps:.0f} req/s "
+                    f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms "
+                    f"errors {result.errors}",
+                    flush=True,
+                )
+        limiter = anyio.run(limiter_overhead, engines.redis_url)
+    write_results(scenarios, args, engines.kind, limiter)
 
 
 async def limiter_overhead(redis_url: str, n: int = 3000) -> dict[str, float]:
@@ -284,8 +314,6 @@ def write_results(
     raw = next(s for s in scenarios if s.server == "raw-asgi").median("rps")
     bare = next(s for s in scenarios if s.server == "bare-fastapi").median("rps")
     lines = [
-        "# Benchmark results",
-        "",
         f"Written by `make bench` (`python -m bench.run --duration {args.duration} "
         f"--rounds {args.rounds}`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
         f"{os.cpu_count()} shared cores; engines: {engines}.",
@@ -334,11 +362,28 @@ def write_results(
         "`steward-nolimit` RATE_LIMIT_ENABLED=false",
         "",
     ]
-    # A hand-written "## Analysis" section (profiles, conclusions) survives regeneration.
-    if RESULTS.exists() and "\n## Analysis" in RESULTS.read_text():
-        lines += ["## Analysis" + RESULTS.read_text().split("\n## Analysis", 1)[1].rstrip(), ""]
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS}")
+    update_results("HTTP", lines)
+
+
+SECTIONS = ("HTTP", "Streams", "Analysis")
+
+
+def update_results(title: str, lines: list[str]) -> None:
+    """Replace one `## title` section of RESULTS.md, keeping the others: each part of the
+    bench rewrites its own, and the hand-written "Analysis" survives regeneration."""
+    sections: dict[str, str] = {}
+    if RESULTS.exists():
+        for chunk in RESULTS.read_text().split("\n## ")[1:]:
+            name, _, rest = chunk.partition("\n")
+            sections[name.strip()] = rest.strip("\n")
+    sections[title] = "\n".join(lines).strip("\n")
+    order = [*SECTIONS, *(name for name in sections if name not in SECTIONS)]
+    parts = ["# Benchmark results", ""]
+    for name in order:
+        if name in sections:
+            parts += [f"## {name}", "", sections[name], ""]
+    RESULTS.write_text("\n".join(parts))
+    print(f"wrote {RESULTS} ({title})")
 
 
 if __name__ == "__main__":

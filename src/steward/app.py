@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from steward.jobs import router as jobs_router
 from steward.notifications import router as realtime_router
 from steward.platform import errors, health
 from steward.platform.logging import configure_logging
-from steward.platform.metrics import MetricsMiddleware
+from steward.platform.metrics import MetricsMiddleware, watch_event_loop
 from steward.platform.middleware import (
     BodySizeLimitMiddleware,
     RequestContextMiddleware,
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resources = Resources.open(settings)
         app.state.resources = resources
         app.state.active_runs = runs = ActiveRuns()
+        loop_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's view so that full collections stay short under load (lower p99).
         gc.collect()
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             # Runs in flight end as "cancelled" (recorded, and told to their readers).
+            loop_watch.cancel()
             await runs.cancel_all()
             await resources.close()
             log.info("app.stopped")

@@ -246,6 +246,7 @@ class Execution:
 
     async def close(self, status: RunStatus, error: dict[str, Any] | None) -> RunStatus:
         """Record the end of the run; a cancel that got there first wins."""
+        won = False
         try:
             async with self.resources.transaction() as session:
                 won = await service.finish_run(
@@ -255,13 +256,18 @@ class Execution:
                 if not won:
                     run = await session.get(Run, self.plan.run_id)
                     status = RunStatus(run.status) if run is not None else status
-                else:
+        except Exception:
+            log.exception("assistant.run_not_recorded", run_id=str(self.plan.run_id))
+        if won:
+            # Its own transaction: an accounting failure must not leave the run "running".
+            try:
+                async with self.resources.transaction() as session:
                     await service.record_usage(
                         session, user_id=self.plan.user_id, api_key_id=self.plan.api_key_id,
                         usage=self.usage,
                     )  # fmt: skip
-        except Exception:
-            log.exception("assistant.run_not_recorded", run_id=str(self.plan.run_id))
+            except Exception:  # the run is recorded; the log must say its tokens were not
+                log.exception("assistant.usage_not_recorded", run_id=str(self.plan.run_id))
         RUNS.labels(self.plan.provider, status.value).inc()
         TOKENS.labels(self.plan.provider, "prompt").inc(self.usage.prompt_tokens)
         TOKENS.labels(self.plan.provider, "completion").inc(self.usage.completion_tokens)
@@ -348,21 +354,41 @@ async def drive(
                     current.cancel()
                     return
 
+    # Events are written by their own task: while one XADD is in flight the provider keeps
+    # streaming, and whatever piled up meanwhile goes to Redis in one pipelined round trip.
+    pending: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+
+    async def write() -> None:
+        while True:
+            batch = [await pending.get()]
+            while not pending.empty():
+                batch.append(pending.get_nowait())
+            events = [event for event in batch if event is not None]
+            entry_ids = await stream.append_many(plan.run_id, events) if events else []
+            if deliver is not None:
+                for entry_id, event in zip(entry_ids, events, strict=True):
+                    deliver.put_nowait((entry_id, event))
+            if batch[-1] is None:
+                return
+
     watcher = asyncio.create_task(watch())
+    writer = asyncio.create_task(write())
+    ended = False
     try:
         async for event in execution.events():
-            entry_id = await stream.append(plan.run_id, event)
-            if deliver is not None:
-                deliver.put_nowait((entry_id, event))
+            pending.put_nowait(event)
+        ended = True
+        pending.put_nowait(None)
+        await asyncio.shield(writer)
     except asyncio.CancelledError:
-        # Cancelled at any point (even before it started): recorded, and every reader told.
-        await asyncio.shield(execution.close(RunStatus.CANCELLED, None))
-        done = RunEvent("done", {"run_id": str(plan.run_id), "status": "cancelled"})
-        entry_id = None
+        if not ended:
+            # Cancelled at any point (even before it started): recorded, every reader told.
+            await asyncio.shield(execution.close(RunStatus.CANCELLED, None))
+            pending.put_nowait(RunEvent("done", {"run_id": str(plan.run_id),
+                                                 "status": "cancelled"}))  # fmt: skip
+            pending.put_nowait(None)
         with contextlib.suppress(Exception):
-            entry_id = await asyncio.shield(stream.append(plan.run_id, done))
-        if deliver is not None:
-            deliver.put_nowait((entry_id, done))
+            await asyncio.shield(writer)
         raise
     finally:
         watcher.cancel()

@@ -69,14 +69,33 @@ class RunLog:
                     approximate=True,
                 )
         except (RedisError, OSError) as exc:
-            now = time.monotonic()
-            if now - self._last_failure > 60:
-                log.warning(
-                    "assistant.run_log_failed", run_id=str(run_id), error=type(exc).__name__
-                )
-                self._last_failure = now
+            self._failed(run_id, exc)
             return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def append_many(self, run_id: uuid.UUID, events: list[RunEvent]) -> list[str | None]:
+        """Several events in one round trip, in order; their ids (None where writing failed)."""
+        if len(events) == 1:
+            return [await self.append(run_id, events[0])]
+        key = stream_key(run_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.xadd(key, event.encode(), maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                    if event.event in ("run", "done"):
+                        pipe.expire(key, self._ttl_s if event.event == "done" else self._live_ttl_s)
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed(run_id, exc)
+            return [None] * len(events)
+        ids = [r for r in results if isinstance(r, bytes | str)]
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def _failed(self, run_id: uuid.UUID, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_failure > 60:
+            log.warning("assistant.run_log_failed", run_id=str(run_id), error=type(exc).__name__)
+            self._last_failure = now
 
     async def read(
         self, run_id: uuid.UUID, *, after: str, block_ms: int | None, count: int = 500

@@ -5,6 +5,7 @@ argument models; a bad call or a failing tool becomes a result the model reads, 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -83,14 +84,20 @@ class Tool:
     handler: Handler
 
     def schema(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.arguments.model_json_schema(),
-            },
-        }
+        return _schema(self)
+
+
+@functools.cache
+def _schema(tool: Tool) -> dict[str, Any]:
+    # Generating a JSON schema takes pydantic milliseconds; tools never change at run time.
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.arguments.model_json_schema(),
+        },
+    }
 
 
 def _todo(todo: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -34,6 +35,11 @@ HTTP_IN_PROGRESS = Gauge(
     "HTTP requests being served now.",
     ["method"],
     multiprocess_mode="livesum",
+)
+LOOP_LAG = Histogram(
+    "steward_event_loop_lag_seconds",
+    "How late the event loop ran a timer due now: time stolen by blocking or busy code.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 UNHANDLED_ERRORS = Counter(
     "steward_unhandled_errors_total",
@@ -106,3 +112,11 @@ def render_metrics() -> tuple[bytes, str]:
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+async def watch_event_loop(interval_s: float = 0.25) -> None:
+    """Until cancelled: sleep `interval_s` and record how much later than asked we woke."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(interval_s)
+        LOOP_LAG.observe(max(0.0, time.perf_counter() - started - interval_s))

@@ -1,0 +1,488 @@
+"""Streaming benchmarks (part of `make bench`): assistant SSE streams against the fake
+provider, resumable run readers, and WebSocket notification fan-out.
+
+The clients speak HTTP/1.1 and SSE over raw asyncio streams (no client library), so that the
+load generator costs as little CPU as possible on the same two cores as the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Sampler:
+    """Peak RSS of a process while a scenario runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_kib(self.pid))
+            await asyncio.sleep(0.05)
+
+    def __enter__(self) -> Sampler:
+        self.peak = rss_kib(self.pid)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def sse(
+    port: int, method: str, path: str, headers: dict[str, str], body: bytes = b""
+) -> AsyncIterator[tuple[float, str, str, str]]:
+    """(receive time, event, id, data) for each SSE event of one request (chunked or not)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    head = [f"{method} {path} HTTP/1.1", "Host: bench", "Accept: text/event-stream",
+            f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+    if body:
+        head.append("Content-Type: application/json")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    try:
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"{path}: {status.decode().strip()}")
+        chunked = False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            chunked |= line.lower().startswith(b"transfer-encoding: chunked")
+        buffer = b""
+        while True:
+            if chunked:
+                size = int((await reader.readline()).strip() or b"0", 16)
+                if size == 0:
+                    return
+                data = await reader.readexactly(size + 2)
+                buffer += data[:-2]
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                buffer += data
+            now = time.perf_counter()
+            buffer = buffer.replace(b"\r\n", b"\n")  # sse-starlette separates with CRLF
+            while b"\n\n" in buffer:
+                raw, buffer = buffer.split(b"\n\n", 1)
+                event, entry_id, payload = "message", "", ""
+                for line in raw.decode().split("\n"):
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("id: "):
+                        entry_id = line[4:]
+                    elif line.startswith("data: "):
+                        payload = line[6:]
+                if payload or event != "message":
+                    yield now, event, entry_id, payload
+    finally:
+        writer.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+async def histogram_quantile(base: str, name: str, q: float, before: dict[str, float]) -> float:
+    """The q-quantile (bucket upper bound) of a Prometheus histogram's growth since `before`."""
+    after = await histogram(base, name)
+    total = after.get("+Inf", 0) - before.get("+Inf", 0)
+    if total <= 0:
+        return 0.0
+    for bound, count in sorted(((float(k), v) for k, v in after.items() if k != "+Inf")):
+        if count - before.get(_key(bound), 0) >= q * total:
+            return bound
+    return float("inf")
+
+
+def _key(bound: float) -> str:
+    return repr(bound)
+
+
+async def histogram(base: str, name: str) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=base) as http:
+        text = (await http.get("/metrics")).text
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            value = float(line.rsplit(" ", 1)[1])
+            buckets[bound if bound == "+Inf" else _key(float(bound))] = value
+    return buckets
+
+
+@dataclass
+class Stack:
+    """A fake provider and a Steward API process, with a seeded user and conversations."""
+
+    provider_port: int
+    port: int
+    process: subprocess.Popen[bytes]
+    fake: subprocess.Popen[bytes]
+    token: str = ""
+    user_id: str = ""
+    conversations: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def start_stack(env: dict[str, str], *, token_delay_s: float, tokens: int, free_port: Any,
+                out: Path) -> Stack:  # fmt: skip
+    provider_port, port = free_port(), free_port()
+    out.mkdir(parents=True, exist_ok=True)
+    fake = subprocess.Popen(
+        [PYTHON, "-m", "tests.fakes.openai_server", "--port", str(provider_port),
+         "--delay", str(token_delay_s), "--tokens", str(tokens)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+        stdout=(out / "fake-provider.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    providers = {"fake": {"base_url": f"http://127.0.0.1:{provider_port}/v1",
+                          "model": "fake-model", "api_key": "bench",
+                          "context_window": 32768, "max_output_tokens": 512,
+                          "first_token_timeout_s": 60, "idle_timeout_s": 60,
+                          "total_timeout_s": 300}}  # fmt: skip
+    api_env = {**env, "ASSISTANT_PROVIDERS": json.dumps(providers),
+               "RATE_LIMIT_ASSISTANT": "1000000000/minute", "DB_POOL_SIZE": "30",
+               "DB_MAX_OVERFLOW": "20", "REALTIME_QUEUE_SIZE": "1000"}  # fmt: skip
+    process = subprocess.Popen(
+        [PYTHON, "-m", "steward", "api", "--port", str(port)], env=api_env, cwd=ROOT,
+        stdout=(out / "steward-streams.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    stack = Stack(provider_port=provider_port, port=port, process=process, fake=fake)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if (
+                httpx.get(f"{stack.base}/health").status_code == 200
+                and httpx.get(f"http://127.0.0.1:{provider_port}/v1/models").status_code == 200
+            ):
+                return stack
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the streaming stack did not start")
+
+
+def stop_stack(stack: Stack) -> None:
+    for process in (stack.process, stack.fake):
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def seed(stack: Stack, conversations: int) -> None:
+    email = f"streams-{time.time_ns()}@example.com"
+    async with httpx.AsyncClient(base_url=stack.base, timeout=30) as http:
+        credentials = {"email": email, "password": "bench-password-1"}
+        registered = await http.post("/api/v1/auth/register", json=credentials)
+        stack.user_id = registered.json()["id"]
+        stack.token = (await http.post("/api/v1/auth/token", data={
+            "username": email, "password": "bench-password-1"})).json()["access_token"]  # fmt: skip
+        for _ in range(conversations):
+            created = await http.post(
+                "/api/v1/assistant/conversations", json={}, headers=stack.auth
+            )
+            stack.conversations.append(created.json()["id"])
+
+
+# --- scenario: N concurrent assistant streams ------------------------------------------------
+
+
+async def _staggered(n: int, spread_s: float, one: Any) -> list[Any]:
+    """Start `n` calls evenly over `spread_s` (one reply's length): once the first ones
+    are still streaming when the last ones start, about `n` streams are open at once."""
+
+    async def later(i: int) -> Any:
+        await asyncio.sleep(i * spread_s / n)
+        return await one(i)
+
+    return list(await asyncio.gather(*(later(i) for i in range(n))))
+
+
+async def _provider_ttft(stack: Stack, n: int, spread_s: float) -> list[float]:
+    body = json.dumps({"model": "fake-model", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()  # fmt: skip
+
+    async def one(_: int) -> float:
+        started = time.perf_counter()
+        async for now, _, _, data in sse(stack.provider_port, "POST", "/v1/chat/completions",
+                                         {"Authorization": "Bearer x"}, body):  # fmt: skip
+            if '"content":"w' in data.replace(" ", ""):
+                return now - started
+        return float("nan")
+
+    return await _staggered(n, spread_s, one)
+
+
+async def assistant_streams(stack: Stack, n: int, spread_s: float) -> dict[str, Any]:
+    provider = await _provider_ttft(stack, n, spread_s)
+    before_lag = await histogram(stack.base, "steward_event_loop_lag_seconds")
+    idle = rss_kib(stack.process.pid)
+    ttft: list[float] = []
+    tokens = 0
+    errors = 0
+
+    async def one(i: int) -> None:
+        nonlocal tokens, errors
+        conversation = stack.conversations[i % len(stack.conversations)]
+        body = json.dumps({"content": f"question {i}"}).encode()
+        started = time.perf_counter()
+        first = True
+        try:
+            async for now, event, _, _ in sse(
+                stack.port, "POST", f"/api/v1/assistant/conversations/{conversation}/messages",
+                stack.auth, body,
+            ):  # fmt: skip
+                if event == "token":
+                    tokens += 1
+                    if first:
+                        ttft.append(now - started)
+                        first = False
+                elif event == "error":
+                    errors += 1
+        except (OSError, RuntimeError):
+            errors += 1
+
+    with Sampler(stack.process.pid) as sampler:
+        started = time.perf_counter()
+        await _staggered(n, spread_s, one)
+        wall = time.perf_counter() - started
+    lag_p99 = await histogram_quantile(
+        stack.base, "steward_event_loop_lag_seconds", 0.99, before_lag
+    )
+    return {
+        "n": n, "provider_p50": statistics.median(provider), "provider_p99": pct(provider, 0.99),
+        "p50": statistics.median(ttft) if ttft else float("nan"), "p99": pct(ttft, 0.99),
+        "tokens_per_s": tokens / wall, "tokens": tokens, "errors": errors, "wall": wall,
+        "offered_per_s": tokens / (2 * spread_s),
+        "kib_per_stream": (sampler.peak - idle) / n, "lag_p99_ms": lag_p99 * 1000,
+    }  # fmt: skip
+
+
+# --- scenario: resumable readers -------------------------------------------------------------
+
+
+async def redis_calls(redis_url: str) -> dict[str, int]:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def resumable_readers(
+    stack: Stack, redis_url: str, runs: int, per_run: int
+) -> dict[str, Any]:
+    idle = rss_kib(stack.process.pid)
+    calls_before = await redis_calls(redis_url)
+    lags: list[float] = []
+    delivered = 0
+    errors = 0
+    readers_done = 0
+
+    async def read(run_id: str) -> None:
+        nonlocal delivered, errors, readers_done
+        connected_ms = time.time() * 1000
+        try:
+            async for _, event, entry_id, _ in sse(
+                stack.port, "GET", f"/api/v1/assistant/runs/{run_id}/events", stack.auth
+            ):
+                delivered += 1
+                written_ms = int(entry_id.split("-")[0]) if entry_id else 0
+                if written_ms >= connected_ms:  # live, not the catch-up replay
+                    lags.append(time.time() * 1000 - written_ms)
+                if event == "done":
+                    break
+        except (OSError, RuntimeError):
+            errors += 1
+        readers_done += 1
+
+    async def produce(i: int) -> None:
+        conversation = stack.conversations[i % len(stack.conversations)]
+        body = json.dumps({"content": f"question {i}"}).encode()
+        readers: list[asyncio.Task[None]] = []
+        async for _, event, _, data in sse(
+            stack.port, "POST", f"/api/v1/assistant/conversations/{conversation}/messages",
+            stack.auth, body,
+        ):  # fmt: skip
+            if event == "run":
+                run_id = json.loads(data)["run_id"]
+                readers = [asyncio.create_task(read(run_id)) for _ in range(per_run)]
+        await asyncio.gather(*readers)
+
+    with Sampler(stack.process.pid) as sampler:
+        started = time.perf_counter()
+        await asyncio.gather(*(produce(i) for i in range(runs)))
+        wall = time.perf_counter() - started
+    calls_after = await redis_calls(redis_url)
+    grew = {k: calls_after.get(k, 0) - calls_before.get(k, 0) for k in calls_after}
+    readers = runs * per_run
+    return {
+        "runs": runs, "readers": readers, "delivered": delivered, "events_per_s": delivered / wall,
+        "lag_p50_ms": statistics.median(lags) if lags else float("nan"),
+        "lag_p99_ms": pct(lags, 0.99), "errors": errors,
+        "redis_per_event": sum(grew.values()) / max(1, delivered),
+        "xread_per_event": grew.get("xread", 0) / max(1, delivered),
+        "kib_per_reader": (sampler.peak - idle) / readers, "wall": wall,
+    }  # fmt: skip
+
+
+# --- scenario: WebSocket fan-out -------------------------------------------------------------
+
+
+async def websocket_fanout(
+    stack: Stack, redis_url: str, clients: int, messages: int
+) -> dict[str, Any]:
+    from redis.asyncio import Redis
+    from websockets.asyncio.client import connect
+
+    idle = rss_kib(stack.process.pid)
+    url = f"ws://127.0.0.1:{stack.port}/api/v1/realtime?access_token={stack.token}"
+    sockets = []
+    for start in range(0, clients, 100):  # connect in waves: the accept backlog is finite
+        sockets += await asyncio.gather(
+            *(connect(url, max_queue=None) for _ in range(start, min(clients, start + 100)))
+        )
+    for ws in sockets:
+        await ws.recv()  # ready
+    connected = rss_kib(stack.process.pid)
+    latencies: list[float] = []
+
+    async def listen(ws: Any) -> None:
+        got = 0
+        while got < messages:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if event.get("type") == "bench":
+                latencies.append(time.time() - event["sent_at"])
+                got += 1
+
+    listeners = [asyncio.create_task(listen(ws)) for ws in sockets]
+    redis = Redis.from_url(redis_url)
+    try:
+        for _ in range(messages):
+            await redis.publish(f"user:{stack.user_id}",
+                                json.dumps({"type": "bench", "sent_at": time.time()}))  # fmt: skip
+            await asyncio.sleep(0.05)
+        _, pending = await asyncio.wait(listeners, timeout=60)
+    finally:
+        await redis.aclose()
+        for ws in sockets:
+            await ws.close()
+    return {
+        "clients": clients, "messages": messages, "delivered": len(latencies),
+        "expected": clients * messages, "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000, "max_ms": max(latencies) * 1000,
+        "kib_per_connection": (connected - idle) / clients, "incomplete": len(pending),
+    }  # fmt: skip
+
+
+async def run_all(stack: Stack, redis_url: str, reply_s: float) -> dict[str, Any]:
+    await seed(stack, conversations=100)
+    results: dict[str, Any] = {"streams": [], "readers": None, "fanout": None}
+    await assistant_streams(stack, 20, reply_s)  # warm-up
+    for n in (100, 1000):
+        result = await assistant_streams(stack, n, reply_s)
+        print(f"assistant streams {n}: {result}", flush=True)
+        results["streams"].append(result)
+    results["readers"] = await resumable_readers(stack, redis_url, runs=100, per_run=10)
+    print(f"resumable readers: {results['readers']}", flush=True)
+    results["fanout"] = await websocket_fanout(stack, redis_url, clients=1000, messages=20)
+    print(f"websocket fan-out: {results['fanout']}", flush=True)
+    return results
+
+
+def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> list[str]:
+    lines = [
+        f"Fake provider: `python -m tests.fakes.openai_server --delay {token_delay_s} --tokens "
+        f"{tokens}` ({tokens} tokens, {token_delay_s * 1000:.0f} ms apart); Steward: one "
+        "`steward api` process (ENVIRONMENT=prod, JSON logs). Clients are raw asyncio sockets "
+        "in the bench process, on the same 2 cores.",
+        "",
+        "### Assistant SSE streams (`POST .../messages`, `Accept: text/event-stream`)",
+        "",
+        "N streams start evenly over one reply's length, so about N are open at once. The "
+        "wall time and tokens/s show whether the server kept up with the provider's rate.",
+        "",
+        "| streams | provider TTFT p50 / p99 ms | via Steward p50 / p99 ms | added p99 ms "
+        "| tokens/s delivered (offered) | errors | KiB per open stream | event-loop lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["streams"]:
+        lines.append(
+            f"| {r['n']} | {r['provider_p50'] * 1000:.1f} / {r['provider_p99'] * 1000:.1f} | "
+            f"{r['p50'] * 1000:.1f} / {r['p99'] * 1000:.1f} | "
+            f"{(r['p99'] - r['provider_p99']) * 1000:.1f} | {r['tokens_per_s']:,.0f} "
+            f"({r['offered_per_s']:,.0f}) | "
+            f"{r['errors']} | {r['kib_per_stream']:.0f} | {r['lag_p99_ms']:.0f} |"
+        )
+    r = results["readers"]
+    f = results["fanout"]
+    lines += [
+        "",
+        "Provider TTFT is measured with the same concurrency straight against the fake; "
+        '"via Steward" is from sending the POST to the first `token` event, so it includes '
+        "authentication, the run's database rows and the first XADD.",
+        "",
+        f"### Resumable readers: {r['readers']} readers of {r['runs']} runs "
+        "(`GET /runs/{id}/events`)",
+        "",
+        "| events delivered | events/s | XADD-to-client lag p50 / p99 ms | Redis commands per "
+        "event (all / XREAD) | KiB per reader | errors |",
+        "|---|---|---|---|---|---|",
+        f"| {r['delivered']:,} | {r['events_per_s']:,.0f} | {r['lag_p50_ms']:.1f} / "
+        f"{r['lag_p99_ms']:.1f} | {r['redis_per_event']:.2f} / {r['xread_per_event']:.2f} | "
+        f"{r['kib_per_reader']:.0f} | {r['errors']} |",
+        "",
+        "Lag is the time from the entry's XADD (its stream id) to its arrival at the client, "
+        "counted for events written after the reader connected.",
+        "",
+        f"### Notification fan-out: {f['clients']} WebSocket clients of one user, "
+        f"{f['messages']} messages",
+        "",
+        "| delivered / expected | p50 ms | p99 ms | max ms | KiB per connection |",
+        "|---|---|---|---|---|",
+        f"| {f['delivered']:,} / {f['expected']:,} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
+        f"{f['max_ms']:.1f} | {f['kib_per_connection']:.0f} |",
+        "",
+        "Latency runs from the Redis PUBLISH on `user:{id}` to the client's receipt, through "
+        "the API process's single Pub/Sub subscription and per-connection queues.",
+    ]
+    return lines
