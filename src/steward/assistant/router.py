@@ -176,7 +176,7 @@ async def _plan(
     principal: Principal,
     conversation: Any,
     body: MessageCreate,
-) -> service.Plan:
+) -> tuple[service.Plan, service.Preloaded | None]:
     settings = resources.settings
     provider, model = service.choose_provider(
         resources.providers, name=body.provider, model=body.model
@@ -187,7 +187,7 @@ async def _plan(
         per_user=settings.assistant_daily_tokens_per_user,
         per_key=settings.assistant_daily_tokens_per_key,
     )  # fmt: skip
-    plan = await service.start_run(
+    return await service.start_run(
         session,
         conversation=conversation,
         user_id=principal.user.id,
@@ -201,7 +201,6 @@ async def _plan(
         max_input_tokens=settings.assistant_max_input_tokens,
         background=body.background,
     )
-    return plan
 
 
 @router.post(
@@ -224,7 +223,7 @@ async def post_message(
     celery: CeleryApp,
 ) -> Response:
     resources = resources_of(request)
-    plan = await _plan(resources, session, principal, conversation, body)
+    plan, preloaded = await _plan(resources, session, principal, conversation, body)
     if body.background:
         # Sent to the worker once the request's transaction has committed.
         await jobs.enqueue(
@@ -240,7 +239,7 @@ async def post_message(
         )
     # The run executes in its own task and transactions: they must see it committed.
     await session.commit()
-    live = runs.start(resources, plan)
+    live = runs.start(resources, plan, preloaded)
     if _wants_stream(request):
         return EventSourceResponse(_live_events(live), ping=PING_S, headers=STREAM_HEADERS)
     async for _ in live.events():
@@ -487,9 +486,9 @@ async def _on_socket_message(
         conversation = await service.get_conversation(
             session, owner_id=user_id_of(principal), conversation_id=conversation_id
         )
-        plan = await _plan(resources, session, principal, conversation,
-                           body.model_copy(update={"background": False}))  # fmt: skip
-    return runs.start(resources, plan)
+        plan, preloaded = await _plan(resources, session, principal, conversation,
+                                      body.model_copy(update={"background": False}))  # fmt: skip
+    return runs.start(resources, plan, preloaded)
 
 
 # --- prompts (admin) -----------------------------------------------------------------------

@@ -99,9 +99,14 @@ def _add(a: Usage, b: Usage) -> Usage:
 class Execution:
     """One run's loop. Keeps what it needs to close the run whatever happens."""
 
-    def __init__(self, resources: Resources, plan: service.Plan) -> None:
+    def __init__(
+        self, resources: Resources, plan: service.Plan, preloaded: service.Preloaded | None = None
+    ) -> None:
         self.resources = resources
         self.plan = plan
+        self.preloaded = preloaded
+        # The answer's last message is stored with the run's end, in one transaction.
+        self.final_text: str | None = None
         self.usage = Usage(0, 0, 0)
         self.first_token_at: datetime | None = None
         self.status: RunStatus | None = None
@@ -113,20 +118,24 @@ class Execution:
             "run_id": str(plan.run_id), "conversation_id": str(plan.conversation_id),
             "provider": plan.provider, "model": plan.model, "offline": plan.provider == "offline",
         })  # fmt: skip
-        streamed = await self._streamed()
-        async with self.resources.transaction() as session:
-            claim = await service.claim_run(session, run_id=plan.run_id, streamed=streamed)
-            if claim in ("ended", "lost"):
-                run = await session.get(Run, plan.run_id)
-                self.status = RunStatus(run.status) if run is not None else RunStatus.FAILED
-                if run is not None and run.error:
-                    yield RunEvent("error", run.error)
-                yield RunEvent("done", {"run_id": str(plan.run_id), "status": self.status.value})
-                return
-            if claim == "retry":
-                log.info("assistant.run_retried", run_id=str(plan.run_id))
-            prompt = await prompts.active(session, name=plan.prompt_name)
-            history = await service.history(session, conversation_id=plan.conversation_id)
+        if self.preloaded is not None:
+            prompt, history = self.preloaded.prompt, self.preloaded.history
+        else:
+            streamed = await self._streamed()
+            async with self.resources.transaction() as session:
+                claim = await service.claim_run(session, run_id=plan.run_id, streamed=streamed)
+                if claim in ("ended", "lost"):
+                    run = await session.get(Run, plan.run_id)
+                    self.status = RunStatus(run.status) if run is not None else RunStatus.FAILED
+                    if run is not None and run.error:
+                        yield RunEvent("error", run.error)
+                    yield RunEvent("done", {"run_id": str(plan.run_id),
+                                            "status": self.status.value})  # fmt: skip
+                    return
+                if claim == "retry":
+                    log.info("assistant.run_retried", run_id=str(plan.run_id))
+                prompt = await prompts.active(session, name=plan.prompt_name)
+                history = await service.history(session, conversation_id=plan.conversation_id)
         error: dict[str, Any] | None = None
         try:
             if provider is None:
@@ -204,8 +213,7 @@ class Execution:
                     log.info("assistant.reply_truncated", run_id=str(plan.run_id))
             text = "".join(current.text)
             if not current.calls:
-                async with self.resources.transaction() as session:
-                    await service.add_message(session, plan=plan, role="assistant", content=text)
+                self.final_text = text
                 return
             calls: list[dict[str, Any]] = [
                 {"id": call["id"] or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
@@ -249,6 +257,9 @@ class Execution:
         won = False
         try:
             async with self.resources.transaction() as session:
+                if status is RunStatus.SUCCEEDED and self.final_text is not None:
+                    await service.add_message(session, plan=self.plan, role="assistant",
+                                              content=self.final_text)  # fmt: skip
                 won = await service.finish_run(
                     session, run_id=self.plan.run_id, status=status, usage=self.usage,
                     first_token_at=self.first_token_at, error=error,
@@ -280,10 +291,14 @@ class ActiveRuns:
     def __init__(self) -> None:
         self._tasks: dict[uuid.UUID, asyncio.Task[RunStatus | None]] = {}
 
-    def start(self, resources: Resources, plan: service.Plan) -> LiveRun:
+    def start(
+        self, resources: Resources, plan: service.Plan, preloaded: service.Preloaded | None
+    ) -> LiveRun:
         """Execute `plan` in its own task; its events go to the stream and to the LiveRun."""
         queue: asyncio.Queue[tuple[str | None, RunEvent] | None] = asyncio.Queue()
-        task = asyncio.create_task(drive(resources, plan, queue), name=f"run-{plan.run_id}")
+        task = asyncio.create_task(
+            drive(resources, plan, queue, preloaded=preloaded), name=f"run-{plan.run_id}"
+        )
         self._tasks[plan.run_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(plan.run_id, None))
         return LiveRun(run_id=plan.run_id, task=task, queue=queue)
@@ -337,11 +352,13 @@ async def drive(
     resources: Resources,
     plan: service.Plan,
     deliver: asyncio.Queue[tuple[str | None, RunEvent] | None] | None = None,
+    *,
+    preloaded: service.Preloaded | None = None,
 ) -> RunStatus | None:
     """Execute `plan` to the end: every event to the run's stream (and to `deliver`), while
     watching for a cancel asked from anywhere. Returns the final status."""
     stream = run_log(resources)
-    execution = Execution(resources, plan)
+    execution = Execution(resources, plan, preloaded)
     current = asyncio.current_task()
     ACTIVE.inc()
     started = time.perf_counter()

@@ -149,6 +149,14 @@ class Plan:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Preloaded:
+    """What an interactive run's request already read, so its task need not read it again."""
+
+    prompt: prompts.ActivePrompt
+    history: list[dict[str, Any]]
+
+
 def choose_provider(
     providers: Providers, *, name: str | None, model: str | None
 ) -> tuple[Provider, str]:
@@ -186,8 +194,10 @@ async def start_run(
     prompt_name: str,
     max_input_tokens: int,
     background: bool,
-) -> Plan:
-    """Check the message fits, store it and a queued run; the caller commits, then executes."""
+) -> tuple[Plan, Preloaded | None]:
+    """Check the message fits, store it and its run; the caller commits, then executes.
+    A background run waits "queued" for a worker to claim it; an interactive one starts
+    "running" here, with its prompt and history handed over."""
     single = tokens.count_text(content, model)
     if single > max_input_tokens:
         raise UnprocessableContent(
@@ -209,7 +219,9 @@ async def start_run(
         conversation_id=conversation.id,
         owner_id=user_id,
         api_key_id=api_key_id,
-        status=RunStatus.QUEUED.value,
+        status=RunStatus.QUEUED.value if background else RunStatus.RUNNING.value,
+        started_at=None if background else _now(),
+        attempts=0 if background else 1,
         background=background,
         provider=provider.name,
         model=model,
@@ -225,7 +237,7 @@ async def start_run(
         update(Conversation).where(Conversation.id == conversation.id).values(updated_at=_now())
     )
     await session.flush()
-    return Plan(
+    plan = Plan(
         run_id=run.id,
         conversation_id=conversation.id,
         user_id=user_id,
@@ -235,6 +247,11 @@ async def start_run(
         provider=provider.name,
         model=model,
         prompt_name=prompt_name,
+    )
+    if background:
+        return plan, None
+    return plan, Preloaded(
+        prompt=prompt, history=await history(session, conversation_id=conversation.id)
     )
 
 
