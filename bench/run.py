@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["http", "streams"], help="run one part only")
     parser.add_argument("--token-delay", type=float, default=0.05,
                         help="seconds between the fake provider's tokens")  # fmt: skip
-    parser.add_argument("--tokens", type=int, default=20, help="tokens per fake reply")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per fake reply")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it)")

