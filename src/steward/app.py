@@ -17,6 +17,7 @@ from steward.accounts import router as accounts_router
 from steward.assistant import gateway
 from steward.assistant import router as assistant_router
 from steward.assistant.runner import ActiveRuns
+from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
 from steward.notifications import router as realtime_router
 from steward.platform import errors, health
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resources = Resources.open(settings)
         app.state.resources = resources
         app.state.active_runs = runs = ActiveRuns()
+        app.state.run_followers = followers = RunFollowers(resources.redis)
         loop_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's view so that full collections stay short under load (lower p99).
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Runs in flight end as "cancelled" (recorded, and told to their readers).
             loop_watch.cancel()
             await runs.cancel_all()
+            await followers.aclose()
             await resources.close()
             log.info("app.stopped")
 

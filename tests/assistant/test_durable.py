@@ -131,6 +131,23 @@ async def test_resuming_on_another_instance_loses_and_repeats_nothing(
         assert final["message"]["content"].split() == [f"t{i}" for i in range(60)]
 
 
+async def test_many_readers_share_one_redis_connection(
+    engines: EngineSet, fake: ServedFake
+) -> None:
+    # Far more readers than pooled Redis connections: readers must not each hold one.
+    fake.script(Script(text=" ".join(f"t{i}" for i in range(40)), delay_s=0.05))
+    settings = assistant_settings(engines, fake.url, redis_max_connections=6)
+    async with live_server(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
+        alice = await make_account(http)
+        conversation = await new_conversation(http, alice)
+        run_id, producer = await _start_streaming(http, alice, conversation)
+        readers = await asyncio.gather(*(read_events(http, alice, run_id) for _ in range(60)))
+        await producer
+    assert all(r == readers[0] for r in readers)
+    assert [e for _, e, _ in readers[0]][-2:] == ["usage", "done"]
+    assert sum(e == "token" for _, e, _ in readers[0]) == 40
+
+
 @pytest.fixture(scope="module")
 def assistant_worker(
     engines: EngineSet, fake_server: ServedFake

@@ -56,7 +56,7 @@ from steward.assistant.schemas import (
     UsageDayRead,
     UsageReport,
 )
-from steward.assistant.streams import RunEvent
+from steward.assistant.streams import RunEvent, RunFollowers, is_after
 from steward.jobs import service as jobs
 from steward.jobs.deps import CeleryApp
 from steward.notifications.hub import CONNECTIONS
@@ -324,28 +324,42 @@ async def run_events(
             extra={"run": f"{API_V1}/assistant/runs/{run_id}"},
         )
     await session.close()  # a stream may last minutes; it holds no connection meanwhile
+    followers: RunFollowers = request.app.state.run_followers
     return EventSourceResponse(
-        _replay(resources, run_id, after), ping=PING_S, headers=STREAM_HEADERS
+        _replay(resources, followers, run_id, after), ping=PING_S, headers=STREAM_HEADERS
     )
 
 
 async def _replay(
-    resources: Resources, run_id: uuid.UUID, after: str
+    resources: Resources, followers: RunFollowers, run_id: uuid.UUID, after: str
 ) -> AsyncIterator[ServerSentEvent]:
     stream = runner.run_log(resources)
     deadline = time.monotonic() + resources.settings.realtime_max_lifetime_s
     CONNECTIONS.labels("run-sse").inc()
+    follower, catch_up = await followers.follow(run_id, after)
     try:
-        while time.monotonic() < deadline:
-            entries = await stream.read(run_id, after=after, block_ms=PING_S * 1000)
-            if not entries and not await stream.exists(run_id):
-                return  # expired (or was never written) while we waited
-            for entry_id, event in entries:
-                yield _sse(entry_id, event)
-                after = entry_id
-                if event.event == "done":
-                    return
+        for entry_id, event in catch_up:
+            yield _sse(entry_id, event)
+            after = entry_id
+            if event.event == "done":
+                return
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                entry_id, event = await asyncio.wait_for(
+                    follower.queue.get(), min(PING_S, remaining)
+                )
+            except TimeoutError:
+                if not await stream.exists(run_id):
+                    return  # expired (or was never written) while we waited
+                continue
+            if not is_after(entry_id, after):
+                continue  # this reader had it already
+            yield _sse(entry_id, event)
+            after = entry_id
+            if event.event == "done":
+                return
     finally:
+        followers.leave(follower)
         CONNECTIONS.labels("run-sse").dec()
 
 

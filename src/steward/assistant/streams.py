@@ -4,6 +4,8 @@ from the start or from after an entry id (the SSE `id:`), plus the cross-process
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -116,3 +118,98 @@ class RunLog:
 
     async def cancel_requested(self, run_id: uuid.UUID) -> bool:
         return bool(await self._redis.exists(cancel_key(run_id)))
+
+
+def is_after(a: str, b: str) -> bool:
+    """Whether stream id `a` comes after `b`."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
+
+
+class Follower:
+    """One reader's view of a run: catch-up entries first, then live ones from the hub."""
+
+    def __init__(self, run_id: uuid.UUID) -> None:
+        self.run_id = run_id
+        self.queue: asyncio.Queue[tuple[str, RunEvent]] = asyncio.Queue()
+
+
+class RunFollowers:
+    """Every live reader of every run in this process, fed by one loop: a single blocking
+    XREAD over all followed streams, instead of one blocking XREAD (and one pooled Redis
+    connection) per reader. Written here because the Redis clients offer no such fan-in.
+
+    A reader joins with the id it has seen; it is handed the entries between that id and
+    the loop's position with one XRANGE, and everything after from the loop, so nothing is
+    missed or repeated."""
+
+    def __init__(self, redis: Redis, *, block_ms: int = 100) -> None:
+        self._redis = redis
+        self._block_ms = block_ms
+        self._heads: dict[uuid.UUID, str] = {}
+        self._followers: dict[uuid.UUID, set[Follower]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def follow(
+        self, run_id: uuid.UUID, after: str
+    ) -> tuple[Follower, list[tuple[str, RunEvent]]]:
+        """Register a reader that has seen up to `after`; returns it with the entries it must
+        see before those its queue will receive (which may repeat ones it has: skip them)."""
+        follower = Follower(run_id)
+        head = self._heads.setdefault(run_id, after)  # a run nobody follows starts here
+        self._followers.setdefault(run_id, set()).add(follower)
+        self._ensure_running()
+        self._wake.set()
+        if not is_after(head, after):
+            return follower, []
+        entries = await self._redis.xrange(stream_key(run_id), min=f"({after}", max=head)
+        return follower, [(i.decode(), RunEvent.decode(f)) for i, f in entries]
+
+    def leave(self, follower: Follower) -> None:
+        followers = self._followers.get(follower.run_id)
+        if followers is None:
+            return
+        followers.discard(follower)
+        if not followers:
+            del self._followers[follower.run_id]
+            self._heads.pop(follower.run_id, None)
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="run-followers")
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._heads:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            streams: dict[Any, Any] = {
+                stream_key(run_id): head for run_id, head in self._heads.items()
+            }
+            try:
+                response = await self._redis.xread(streams, count=500, block=self._block_ms)
+            except (RedisError, OSError) as exc:
+                log.warning("assistant.followers_read_failed", error=type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in response or ():
+                run_id = uuid.UUID((key.decode() if isinstance(key, bytes) else key)[4:])
+                if run_id not in self._heads:
+                    continue  # everyone left while the read was in flight
+                for raw_id, fields in entries:
+                    entry_id = raw_id.decode()
+                    if not is_after(entry_id, self._heads[run_id]):
+                        continue
+                    self._heads[run_id] = entry_id
+                    event = RunEvent.decode(fields)
+                    for follower in self._followers.get(run_id, ()):
+                        follower.queue.put_nowait((entry_id, event))
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
