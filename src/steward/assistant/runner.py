@@ -328,9 +328,22 @@ class LiveRun:
 
     async def events(self) -> AsyncIterator[tuple[str | None, RunEvent]]:
         """(stream entry id, event) until the run ends. Leaving early cancels the run."""
+        async for batch in self.batches(1):
+            for item in batch:
+                yield item
+
+    async def batches(self, size: int) -> AsyncIterator[list[tuple[str | None, RunEvent]]]:
+        """The same, in lists of what is already waiting (at most `size`)."""
         try:
             while (item := await self.queue.get()) is not None:
-                yield item
+                batch = [item]
+                while len(batch) < size and not self.queue.empty():
+                    following = self.queue.get_nowait()
+                    if following is None:
+                        yield batch
+                        return
+                    batch.append(following)
+                yield batch
         finally:
             if not self.task.done():
                 self.task.cancel()
