@@ -20,7 +20,7 @@ from steward.assistant.runner import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
 from steward.notifications import router as realtime_router
-from steward.platform import errors, health
+from steward.platform import errors, health, tracing
 from steward.platform.logging import configure_logging
 from steward.platform.metrics import MetricsMiddleware, watch_event_loop
 from steward.platform.middleware import (
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     errors.install_handlers(app)
+    tracing.instrument(app, settings)
     app.include_router(health.router)
     for router in (
         *accounts_router.routers,

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console", "auto"] = "auto"
     access_log: bool = True
     prometheus_multiproc_dir: Path | None = None
+    tracing: bool = Field(default=False, description="spans and trace ids in logs, no export")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP collector base URL; setting it turns tracing on"
+    )
+    otel_service_name: str = "steward"
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
     @field_validator("cors_origins", "trusted_proxies", "worker_queues", "task_modules",

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ from tests.engines import EngineSet
 from tests.factories import Account, make_account
 from tests.fakes.openai_server import Script
 from tests.live import live_server
+from tests.workers import LOG as WORKER_LOG
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -175,16 +177,18 @@ async def test_background_run_is_executed_by_a_worker(
 ) -> None:
     celery, _ = assistant_worker
     fake.script(Script(text="answered in the background", usage=(9, 4)))
-    async with (
-        live_server(assistant_settings(engines, fake.url)) as base,
-        httpx.AsyncClient(base_url=base, timeout=20) as http,
-    ):
+    settings = assistant_settings(engines, fake.url, tracing=True)
+    trace_id = f"{uuid.uuid4().int:032x}"
+    request_id = f"bg-{uuid.uuid4().hex[:12]}"
+    async with live_server(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
         base.app.dependency_overrides[celery_app] = lambda: celery
         alice = await make_account(http)
         conversation = await new_conversation(http, alice)
         accepted = await http.post(
             f"/api/v1/assistant/conversations/{conversation}/messages",
-            json={"content": "later please", "background": True}, headers=alice.headers,
+            json={"content": "later please", "background": True},
+            headers={**alice.headers, "X-Request-ID": request_id,
+                     "traceparent": f"00-{trace_id}-{'1' * 16}-01"},
         )  # fmt: skip
         assert accepted.status_code == 202, accepted.text
         run_id = accepted.json()["id"]
@@ -195,6 +199,13 @@ async def test_background_run_is_executed_by_a_worker(
         assert run["status"] == "succeeded" and run["background"] is True
         assert run["message"]["content"] == "answered in the background"
         assert run["usage"]["total_tokens"] == 13
+    # The worker's log lines for this task carry the API call's request id and trace.
+    lines = [json.loads(line) for line in WORKER_LOG.read_text().splitlines()
+             if '"assistant.background_run"' in line and run_id in line]  # fmt: skip
+    assert lines, "the task logged nothing"
+    assert lines[-1]["request_id"] == request_id
+    assert lines[-1]["trace_id"] == trace_id
+    assert lines[-1]["task"] == "steward.assistant.run"
 
 
 async def test_a_worker_killed_mid_run_leaves_the_run_failed_not_running(

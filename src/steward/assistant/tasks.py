@@ -25,6 +25,7 @@ def run_in_background(plan: dict[str, Any]) -> str | None:
     A redelivery after the worker died retries it if nothing was streamed yet, else closes
     it as failed (see `service.claim_run`)."""
     parsed = service.Plan.from_json(plan)
+    log.info("assistant.background_run", run_id=str(parsed.run_id))
 
     async def work(resources: Resources) -> str | None:
         status = await runner.drive(resources, parsed)

@@ -3,13 +3,24 @@ acks, time limits, RedBeat schedules from cron settings, and logs through struct
 
 from __future__ import annotations
 
+from contextvars import Token
 from typing import Any
 
-from celery import Celery
+import structlog
+from celery import Celery, Task
 from celery.schedules import crontab
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+)
 from kombu import Exchange, Queue
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 
+from steward.platform import tracing
 from steward.platform.logging import configure_logging
 from steward.settings import Settings, get_settings
 
@@ -109,6 +120,54 @@ def _fresh_runtime(**_: Any) -> None:
     from steward.jobs import runtime
 
     runtime.reset()
+    tracing.configure(get_settings(), service=f"{get_settings().otel_service_name}-worker")
+
+
+# The request id and the trace context of whoever sent a task ride in its message headers,
+# so the task's logs (and spans) join the API call that caused them.
+REQUEST_ID_HEADER = "steward_request_id"
+_TRACE_HEADERS = ("traceparent", "tracestate")
+_open_spans: dict[str, tuple[trace.Span, Token[otel_context.Context]]] = {}
+
+
+@before_task_publish.connect
+def _carry_context(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is None:
+        return
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    if request_id and REQUEST_ID_HEADER not in headers:
+        headers[REQUEST_ID_HEADER] = request_id
+    propagate.inject(headers)
+
+
+@task_prerun.connect
+def _enter_context(
+    task_id: str | None = None, task: Task[Any, Any] | None = None, **_: Any
+) -> None:
+    if task is None:
+        return
+    request = task.request
+    carrier = {h: v for h in _TRACE_HEADERS if (v := getattr(request, h, None))}
+    parent = propagate.extract(carrier)
+    span = trace.get_tracer("steward.jobs").start_span(
+        f"task {task.name}", context=parent, kind=trace.SpanKind.CONSUMER
+    )
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    if task_id is not None:
+        _open_spans[task_id] = (span, token)
+    structlog.contextvars.bind_contextvars(
+        task=task.name, task_id=task_id, request_id=getattr(request, REQUEST_ID_HEADER, None)
+    )
+
+
+@task_postrun.connect
+def _leave_context(task_id: str | None = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    held = _open_spans.pop(task_id, None) if task_id is not None else None
+    if held is not None:
+        span, token = held
+        span.end()
+        otel_context.detach(token)
 
 
 app = create_celery(get_settings())

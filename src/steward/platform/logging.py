@@ -11,6 +11,8 @@ import orjson
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
+from steward.platform.tracing import add_trace_ids
+
 # Keys whose values must never reach a log line, whoever passes them.
 _SECRET_KEYS = frozenset(
     {
@@ -56,6 +58,7 @@ def configure_logging(
     out = cast(TextIO, stream or sys.stderr)
     base: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
