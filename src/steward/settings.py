@@ -126,6 +126,14 @@ class Settings(BaseSettings):
     realtime_max_lifetime_s: float = Field(default=3600.0, gt=0)
     realtime_queue_size: int = Field(default=100, ge=1)
 
+    # Webhooks
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_retries: int = Field(default=8, ge=0, le=20)
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    webhook_allow_private: bool = Field(
+        default=False, description="allow webhook URLs on private/loopback addresses"
+    )
+
     # Jobs (cron expressions: minute hour day-of-month month day-of-week, UTC)
     schedule_reminders: str = "* * * * *"
     schedule_cleanup: str = "17 3 * * *"

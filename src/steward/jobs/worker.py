@@ -68,7 +68,12 @@ def create_celery(settings: Settings) -> Celery:
         "steward",
         broker=broker,
         backend=backend,
-        include=["steward.jobs.tasks", "steward.assistant.tasks", *settings.task_modules],
+        include=[
+            "steward.jobs.tasks",
+            "steward.assistant.tasks",
+            "steward.notifications.tasks",
+            *settings.task_modules,
+        ],
     )
     celery.conf.update(
         task_serializer="json",

@@ -30,3 +30,17 @@ class Notification(Base):
         Index("ix_notifications_user_created", "user_id", "created_at", "id"),
         Index("ix_notifications_unread", "user_id", postgresql_where=text("read_at IS NULL")),
     )
+
+
+class Webhook(Base):
+    """A user's endpoint for notifications, and the secret their deliveries are signed with
+    (kept readable: HMAC needs it; shown to the user only when set or rotated)."""
+
+    __tablename__ = "webhooks"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

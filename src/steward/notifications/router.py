@@ -13,12 +13,18 @@ import structlog
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from steward.accounts.deps import RateLimited, authenticate_connection
-from steward.notifications import service
+from steward.accounts.deps import CurrentUser, RateLimited, authenticate_connection
+from steward.notifications import service, webhooks
 from steward.notifications.hub import CONNECTIONS
-from steward.notifications.schemas import NotificationRead, ReadAll
+from steward.notifications.schemas import (
+    NotificationRead,
+    ReadAll,
+    WebhookCreated,
+    WebhookRead,
+    WebhookSet,
+)
 from steward.platform.api import API_V1
-from steward.platform.deps import Session, resources_of
+from steward.platform.deps import Session, Settings, resources_of
 from steward.platform.errors import StewardError, Unauthorized
 from steward.platform.pagination import Cursor, Limit, Page
 from steward.todos.deps import TodosReader
@@ -65,6 +71,27 @@ async def read_one(
         session, user_id=principal.user_id, notification_id=notification_id
     )
     return NotificationRead.model_validate(notification)
+
+
+@notifications.put(
+    "/webhook", status_code=201, summary="Set (or replace) own webhook; answers its secret once"
+)
+async def set_webhook(body: WebhookSet, user: CurrentUser, session: Session,
+                      settings: Settings) -> WebhookCreated:  # fmt: skip
+    webhook = await webhooks.set_webhook(
+        session, user_id=user.id, url=str(body.url), settings=settings
+    )
+    return WebhookCreated.model_validate(webhook)
+
+
+@notifications.get("/webhook", summary="Own webhook (without its secret)")
+async def get_webhook(user: CurrentUser, session: Session) -> WebhookRead:
+    return WebhookRead.model_validate(await webhooks.get_webhook(session, user_id=user.id))
+
+
+@notifications.delete("/webhook", status_code=204, summary="Remove own webhook")
+async def delete_webhook(user: CurrentUser, session: Session) -> None:
+    await webhooks.remove_webhook(session, user_id=user.id)
 
 
 # WebSocket close codes (4000-4999 are the application's own).

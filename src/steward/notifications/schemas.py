@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 
 class NotificationRead(BaseModel):
@@ -23,3 +23,18 @@ class NotificationRead(BaseModel):
 
 class ReadAll(BaseModel):
     marked: int
+
+
+class WebhookSet(BaseModel):
+    url: AnyHttpUrl = Field(description="where notifications are POSTed")
+
+
+class WebhookRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    url: str
+    created_at: datetime
+
+
+class WebhookCreated(WebhookRead):
+    secret: str = Field(description="signs every delivery; shown only now")

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.notifications import webhooks
 from steward.notifications.models import Notification
 from steward.notifications.schemas import NotificationRead
 from steward.platform.errors import NotFound
@@ -48,15 +49,14 @@ async def send_due_reminders(session: AsyncSession, *, owner_id: uuid.UUID) -> i
         created += 1
         notification = await session.get(Notification, notification_id)
         assert notification is not None
+        body = NotificationRead.model_validate(notification).model_dump(mode="json")
         publish_after_commit(
             session,
             user_channel(due.owner_id),
-            {
-                "type": "notification.created",
-                "notification": NotificationRead.model_validate(notification).model_dump(
-                    mode="json"
-                ),
-            },
+            {"type": "notification.created", "notification": body},
+        )
+        await webhooks.deliver_after_commit(
+            session, user_id=due.owner_id, event_type="notification.created", data=body
         )
     if created:
         log.info("reminders.sent", owner_id=str(owner_id), count=created)

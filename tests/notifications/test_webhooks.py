@@ -1,0 +1,169 @@
+"""Webhooks: set and read one's own, signed deliveries by a real worker, retries ending in a
+dead letter, and no deliveries to private addresses unless allowed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from celery import Celery
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from steward.notifications import webhooks
+from steward.notifications.models import Webhook
+from steward.settings import Settings
+from tests.conftest import make_settings
+from tests.engines import EngineSet
+from tests.factories import Account, make_account, make_admin
+from tests.live import free_port
+from tests.workers import running_worker
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+HOOK = "/api/v1/notifications/webhook"
+
+
+class Receiver:
+    """An HTTP endpoint that records what it is sent and answers scripted statuses."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+        self.url = ""
+        self.app = Starlette(routes=[Route("/hook", self._hook, methods=["POST"])])
+
+    async def _hook(self, request: Request) -> Response:
+        self.received.append((dict(request.headers), await request.body()))
+        return Response(status_code=self.statuses.pop(0) if self.statuses else 200)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    hook = Receiver()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(hook.app, port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(250):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    hook.url = f"http://127.0.0.1:{port}/hook"
+    yield hook
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="module")
+def webhook_worker(engines: EngineSet) -> Iterator[Celery]:
+    env = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_MAX_RETRIES": "2",
+           "WEBHOOK_RETRY_BASE_S": "0.05"}  # fmt: skip
+    with running_worker(engines, extra_env=env) as (client, _):
+        yield client
+
+
+async def _due_reminder(client: httpx.AsyncClient, account: Account, title: str) -> None:
+    remind_at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    created = await client.post("/api/v1/todos", json={"title": title, "remind_at": remind_at},
+                                headers=account.headers)  # fmt: skip
+    assert created.status_code == 201
+
+
+async def _wait(condition: Any, within_s: float = 20) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.05)
+
+
+async def test_webhook_is_the_owners_and_its_secret_is_shown_once(
+    client: httpx.AsyncClient,
+) -> None:
+    alice = await make_account(client)
+    bob = await make_account(client)
+    assert (await client.put(HOOK, json={"url": "https://example.com/h"})).status_code == 401
+    assert (
+        await client.put(HOOK, json={"url": "not a url"}, headers=alice.headers)
+    ).status_code == 422
+    created = await client.put(HOOK, json={"url": "https://example.com/h"}, headers=alice.headers)
+    assert created.status_code == 201
+    assert created.json()["secret"].startswith("whsec_")
+    shown = (await client.get(HOOK, headers=alice.headers)).json()
+    assert shown["url"] == "https://example.com/h" and "secret" not in shown
+    assert (await client.get(HOOK, headers=bob.headers)).status_code == 404
+    rotated = await client.put(HOOK, json={"url": "https://example.com/h"}, headers=alice.headers)
+    assert rotated.json()["secret"] != created.json()["secret"]
+    assert (await client.delete(HOOK, headers=alice.headers)).status_code == 204
+    assert (await client.get(HOOK, headers=alice.headers)).status_code == 404
+
+
+async def test_reminder_is_delivered_signed(
+    client: httpx.AsyncClient, receiver: Receiver, webhook_worker: Celery
+) -> None:
+    alice = await make_account(client)
+    secret = (await client.put(HOOK, json={"url": receiver.url}, headers=alice.headers)).json()[
+        "secret"
+    ]
+    await _due_reminder(client, alice, "water the plants")
+    webhook_worker.send_task("steward.reminders.send", args=[alice.id])
+    await _wait(lambda: receiver.received)
+    headers, body = receiver.received[0]
+    assert webhooks.verify(secret, headers["steward-signature"], body)
+    assert not webhooks.verify(secret, headers["steward-signature"], body + b" ")
+    assert not webhooks.verify("whsec_other", headers["steward-signature"], body)
+    event = orjson.loads(body)
+    assert headers["steward-event"] == event["type"] == "notification.created"
+    assert event["data"]["title"] == "water the plants"
+    assert headers["steward-delivery"] == event["id"]
+
+
+async def test_failing_endpoint_is_retried_then_dead_lettered(
+    client: httpx.AsyncClient, app: FastAPI, receiver: Receiver, webhook_worker: Celery
+) -> None:
+    admin = await make_admin(client, app)
+    alice = await make_account(client)
+    await client.put(HOOK, json={"url": receiver.url}, headers=alice.headers)
+    receiver.statuses = [500, 503, 502, 500]
+    await _due_reminder(client, alice, "will fail")
+    webhook_worker.send_task("steward.reminders.send", args=[alice.id])
+
+    async def dead_letters() -> list[dict[str, Any]]:
+        listed = await client.get("/api/v1/admin/dead-letters", headers=admin.headers)
+        return [d for d in listed.json()["items"] if d["task_name"] == webhooks.DELIVER_TASK]
+
+    deadline = time.monotonic() + 30
+    while not (letters := await dead_letters()):
+        assert time.monotonic() < deadline, "no dead letter"
+        await asyncio.sleep(0.1)
+    assert len(receiver.received) == 3  # the first try and max_retries=2 retries
+    assert letters[0]["attempts"] == 3
+    assert letters[0]["exception"].endswith("the webhook answered 502")  # the last try
+
+
+async def test_private_addresses_are_refused_unless_allowed(engines: EngineSet) -> None:
+    event = {"id": "e1", "type": "notification.created", "data": {}}
+    delivery = webhooks.build(Webhook(url="http://127.0.0.1:9/hook", secret="whsec_x"), event)
+    strict: Settings = make_settings(engines)
+    with pytest.raises(webhooks.Refused):
+        await webhooks.send(delivery, strict)
+    relaxed = make_settings(engines, webhook_allow_private=True, webhook_timeout_s=1)
+    with pytest.raises(webhooks.DeliveryFailed):  # allowed, but nothing listens there
+        await webhooks.send(delivery, relaxed)
+
+
+def test_signatures_expire() -> None:
+    body = b'{"a":1}'
+    old = webhooks.sign("whsec_k", int(time.time()) - 3600, body)
+    assert not webhooks.verify("whsec_k", old, body)
+    fresh = webhooks.sign("whsec_k", int(time.time()), body)
+    assert webhooks.verify("whsec_k", fresh, body)
