@@ -65,10 +65,11 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_worker(
-    engines: EngineSet, extra_env: dict[str, str] | None = None
+    engines: EngineSet, extra_env: dict[str, str] | None = None, *, broker: str | None = None
 ) -> Iterator[tuple[Celery, subprocess.Popen[bytes]]]:
-    """A worker process on the test Redis, answering pings; with a Celery client for it."""
-    broker = redis_broker(engines)
+    """A worker process (broker: the test Redis unless given), answering pings; with a
+    Celery client configured the same way."""
+    broker = broker or redis_broker(engines)
     process = start_worker(engines, broker=broker, extra_env=extra_env)
     client = create_celery(
         make_settings(engines, celery_broker_url=broker, task_modules="tests.jobs.tasks_for_tests")

@@ -15,6 +15,7 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     worker_process_init,
+    worker_ready,
 )
 from kombu import Exchange, Queue
 from opentelemetry import context as otel_context
@@ -63,7 +64,7 @@ def _queues(amqp: bool) -> list[Queue]:
 def create_celery(settings: Settings) -> Celery:
     broker = settings.broker_url
     backend = settings.redis_url
-    amqp = bool(broker and broker.startswith(("amqp://", "amqps://", "pyamqp://")))
+    amqp = _is_amqp(broker)
     celery = Celery(
         "steward",
         broker=broker,
@@ -117,6 +118,22 @@ def create_celery(settings: Settings) -> Celery:
 def _configure_worker_logging(**_: Any) -> None:
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.json_logs)
+
+
+def _is_amqp(url: str | None) -> bool:
+    return bool(url and url.startswith(("amqp://", "amqps://", "pyamqp://")))
+
+
+@worker_ready.connect
+def _declare_dead_letters(sender: Any = None, **_: Any) -> None:
+    # A worker declares only the queues it consumes; the dead-letter exchange and queue must
+    # exist too, or RabbitMQ drops what is rejected into them.
+    celery = getattr(sender, "app", None)
+    if celery is None or not _is_amqp(celery.conf.broker_url):
+        return
+    dead = next(q for q in celery.conf.task_queues if q.name == DEAD_LETTER_QUEUE)
+    with celery.connection_for_write() as connection:
+        dead.bind(connection.default_channel).declare()
 
 
 @worker_process_init.connect
