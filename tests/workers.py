@@ -53,6 +53,19 @@ def start_worker(
     )  # fmt: skip
 
 
+def start_beat(
+    engines: EngineSet, *, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A beat process (RedBeat: only the one holding the lock sends anything)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": engines.database_url,
+           "REDIS_URL": engines.redis_url, "CELERY_BROKER_URL": redis_broker(engines),
+           "LOG_FORMAT": "json", **(extra_env or {})}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "steward.jobs", "beat", "--max-interval", "1"],
+        env=env, stdout=LOG.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)

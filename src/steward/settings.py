@@ -208,8 +208,13 @@ class Settings(BaseSettings):
     @field_validator("schedule_reminders", "schedule_cleanup", "schedule_reap_runs")
     @classmethod
     def _cron(cls, value: str) -> str:
+        if value.startswith("every "):
+            seconds = value[6:].rstrip("s")
+            if not seconds.replace(".", "", 1).isdigit() or float(seconds) <= 0:
+                raise ValueError(f"not an interval like 'every 30s': {value!r}")
+            return value
         if len(value.split()) != 5:
-            raise ValueError(f"not a 5-field cron expression: {value!r}")
+            raise ValueError(f"not a 5-field cron expression (or 'every 30s'): {value!r}")
         return value
 
     @field_validator("trusted_proxies")

@@ -4,11 +4,12 @@ acks, time limits, RedBeat schedules from cron settings, and logs through struct
 from __future__ import annotations
 
 from contextvars import Token
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from celery import Celery, Task
-from celery.schedules import crontab
+from celery.schedules import crontab, schedule
 from celery.signals import (
     before_task_publish,
     setup_logging,
@@ -36,7 +37,10 @@ ROUTES = {
 }
 
 
-def cron(expression: str) -> crontab:
+def cron(expression: str) -> crontab | schedule:
+    """A 5-field cron expression (UTC), or `every <n>s` for an interval in seconds."""
+    if expression.startswith("every "):
+        return schedule(run_every=timedelta(seconds=float(expression[6:].rstrip("s"))))
     minute, hour, day_of_month, month_of_year, day_of_week = expression.split()
     return crontab(
         minute=minute,
