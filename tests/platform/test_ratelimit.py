@@ -165,3 +165,24 @@ async def test_sliding_window_counts_atomically_and_recovers(
         assert again.remaining == 19
     finally:
         await redis.aclose()
+
+
+async def test_a_route_that_needs_redis_answers_503_while_it_is_down(
+    engines: EngineSet, clean_state: None
+) -> None:
+    async with serve(engines, assistant_offline_delay_s=0) as healthy:
+        account = await make_account(healthy)
+        conversation = await healthy.post(
+            "/api/v1/assistant/conversations", json={}, headers=account.headers
+        )
+        reply = await healthy.post(
+            f"/api/v1/assistant/conversations/{conversation.json()['id']}/messages",
+            json={"content": "hi"}, headers=account.headers,
+        )  # fmt: skip
+        run_id = reply.json()["run"]["id"]
+    broken = {"redis_url": f"redis://127.0.0.1:{_closed_port()}/0", "redis_connect_timeout_s": 0.2}
+    async with serve(engines, **broken) as http:
+        events = await http.get(f"/api/v1/assistant/runs/{run_id}/events", headers=account.headers)
+    assert events.status_code == 503
+    assert events.headers["retry-after"] == "5"
+    assert events.json()["type"].endswith("/dependency-unavailable")

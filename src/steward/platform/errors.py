@@ -29,6 +29,11 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -254,8 +259,39 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
+# A dependency that cannot be reached (PostgreSQL, Redis, the broker) is an outage to wait
+# out, not a bug: 503 with Retry-After instead of a 500 and its traceback.
+OUTAGES: tuple[type[Exception], ...] = (
+    ConnectionError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    DBAPIError,
+    SQLAlchemyTimeoutError,
+    KombuOperationalError,
+)
+
+
+async def _on_outage(request: Request, exc: Exception) -> Response:
+    if (
+        isinstance(exc, DBAPIError)
+        and not exc.connection_invalidated
+        and not isinstance(exc, OperationalError | InterfaceError)
+    ):
+        raise exc  # a bad statement is a bug: the middleware logs it and answers 500
+    log.warning("dependency.unavailable", error=type(exc).__name__, path=request.url.path)
+    return problem_response(
+        request,
+        503,
+        detail="a service this request needs is unavailable; retry shortly",
+        slug="dependency-unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
 def install_handlers(app: FastAPI) -> None:
     """Map every expected error to a problem response; the 500 path lives in the middleware."""
+    for outage in OUTAGES:
+        app.add_exception_handler(outage, _on_outage)
     app.add_exception_handler(StewardError, _on_steward_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
