@@ -266,3 +266,35 @@ async def test_orphaned_runs_are_reaped(engines: EngineSet, fake: ServedFake) ->
             for run_id in (old.id, fresh.id)
         }
         assert statuses == {old.id: "failed", fresh.id: "queued"}
+
+
+async def test_cancelling_a_queued_background_run_closes_it(
+    engines: EngineSet, fake: ServedFake
+) -> None:
+    from steward.jobs.worker import create_celery
+    from tests.conftest import make_settings
+
+    # A broker no worker listens on: the run stays queued until cancelled.
+    idle_broker = engines.redis_url.rsplit("/", 1)[0] + "/11"
+    nobody = create_celery(make_settings(engines, celery_broker_url=idle_broker))
+    async with (
+        live_server(assistant_settings(engines, fake.url)) as base,
+        httpx.AsyncClient(base_url=base, timeout=20) as http,
+    ):
+        base.app.dependency_overrides[celery_app] = lambda: nobody
+        alice = await make_account(http)
+        conversation = await new_conversation(http, alice)
+        accepted = await http.post(
+            f"/api/v1/assistant/conversations/{conversation}/messages",
+            json={"content": "never picked up", "background": True}, headers=alice.headers,
+        )  # fmt: skip
+        run_id = accepted.json()["id"]
+        assert accepted.json()["status"] == "queued"
+        cancelled = await http.post(
+            f"/api/v1/assistant/runs/{run_id}/cancel", headers=alice.headers
+        )
+        assert cancelled.status_code == 202
+        assert cancelled.json()["status"] == "cancelled"
+        events = await asyncio.wait_for(read_events(http, alice, run_id), 10)
+        assert [(e, json.loads(d)["status"]) for _, e, d in events] == [("done", "cancelled")]
+    assert fake.requests == []

@@ -43,7 +43,7 @@ from steward.assistant.deps import (
     user_id_of,
 )
 from steward.assistant.models import RunStatus
-from steward.assistant.providers import ChatRequest, ProviderError, TextDelta, Usage
+from steward.assistant.providers import ChatRequest, ProviderError, TextDelta
 from steward.assistant.schemas import (
     ConversationCreate,
     ConversationRead,
@@ -63,7 +63,6 @@ from steward.notifications.hub import CONNECTIONS
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, resources_of
 from steward.platform.errors import (
-    Conflict,
     Forbidden,
     Gone,
     StewardError,
@@ -289,19 +288,7 @@ async def cancel_run(
 ) -> Any:
     resources = resources_of(request)
     run = await service.get_run(session, owner_id=user_id_of(principal), run_id=run_id)
-    if RunStatus(run.status).finished:
-        raise Conflict(f"the run has already ended ({run.status})")
-    if not runs.cancel(run_id):
-        await runner.run_log(resources).request_cancel(run_id)
-        if run.status == RunStatus.QUEUED.value:
-            # Not picked up yet: close it here; the worker will find it cancelled.
-            await service.finish_run(session, run_id=run_id, status=RunStatus.CANCELLED,
-                                     usage=Usage(0, 0, 0))  # fmt: skip
-            await runner.run_log(resources).append(
-                run_id, RunEvent("done", {"run_id": str(run_id), "status": "cancelled"})
-            )
-    log.info("assistant.run_cancel_requested", run_id=str(run_id))
-    await session.commit()
+    await runner.cancel(resources, runs, session, run=run)
     await session.refresh(run)
     return service.run_read(run, [])
 

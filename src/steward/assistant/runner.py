@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant import prompts, service, tokens, tools
 from steward.assistant.models import Run, RunStatus
@@ -35,7 +36,8 @@ from steward.assistant.providers import (
     Usage,
 )
 from steward.assistant.streams import RunEvent, RunLog
-from steward.platform.errors import PROBLEM_BASE
+from steward.platform.db import on_commit
+from steward.platform.errors import PROBLEM_BASE, Conflict
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -352,6 +354,31 @@ class LiveRun:
 
     def cancel(self) -> None:
         self.task.cancel()
+
+
+async def cancel(
+    resources: Resources, active: ActiveRuns, session: AsyncSession, *, run: Run
+) -> None:
+    """Stop `run` wherever it executes: here directly, elsewhere through the Redis flag its
+    process polls. A run still queued for a worker is closed here (the worker then finds
+    it ended)."""
+    if RunStatus(run.status).finished:
+        raise Conflict(f"the run has already ended ({run.status})")
+    log.info("assistant.run_cancel_requested", run_id=str(run.id))
+    if active.cancel(run.id):
+        return
+    stream = run_log(resources)
+    await stream.request_cancel(run.id)
+    if run.status != RunStatus.QUEUED.value:
+        return
+    await service.finish_run(session, run_id=run.id, status=RunStatus.CANCELLED,
+                             usage=Usage(0, 0, 0))  # fmt: skip
+    done = RunEvent("done", {"run_id": str(run.id), "status": RunStatus.CANCELLED.value})
+
+    async def announce() -> None:
+        await stream.append(run.id, done)
+
+    on_commit(session, announce)
 
 
 def run_log(resources: Resources) -> RunLog:
