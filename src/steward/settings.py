@@ -90,7 +90,6 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    request_timeout_s: float = Field(default=30.0, gt=0)
 
     # PostgreSQL pool
     db_pool_size: int = Field(default=20, ge=1)
