@@ -75,9 +75,10 @@ def configure_logging(
     global _access_logger
     # The access log runs once per request: its fields are all passed explicitly, so it skips
     # the lazy proxy and the context-variable merge that general events need.
+    # Nor does it redact: its fields are fixed here, none of them secret.
     _access_logger = structlog.wrap_logger(
         structlog.WriteLogger(out),
-        processors=[*base[1:], *tail],
+        processors=[p for p in base[1:] if p is not _redact] + tail,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
     )
     structlog.configure(
