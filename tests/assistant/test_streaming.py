@@ -183,3 +183,18 @@ async def test_chat_demo_streams_plain_data_lines(engines: EngineSet, fake: Serv
                     lines.append(json.loads(line[6:]))
     assert lines[-1] == {"done": True}
     assert "".join(line["token"] for line in lines[:-1]) == DEFAULT_REPLY
+
+
+async def test_chat_demo_needs_credentials_in_production(
+    engines: EngineSet, fake: ServedFake
+) -> None:
+    settings = assistant_settings(
+        engines, fake.url, environment="prod", secret_key="p" * 40, api_key=None
+    )
+    async with live_server(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        refused = await http.get("/chat", params={"message": "hi"})
+        assert refused.status_code == 401
+        alice = await make_account(http)
+        allowed = await http.get("/chat", params={"message": "hi"}, headers=alice.headers)
+        assert allowed.status_code == 200
+        assert '"done": true' in allowed.text or '"done":true' in allowed.text

@@ -553,10 +553,12 @@ async def chat(
     message: Annotated[str, Query(min_length=1, max_length=4000)],
 ) -> Response:
     """Stateless: no conversation is stored. Needs `x-api-key` (the service key or a user key
-    with scope assistant) when API_KEY is set; rate limited per caller either way."""
+    with scope assistant) when API_KEY is set, and credentials in production even without
+    one (an open endpoint there would spend the provider's money for anyone); rate limited
+    per caller either way."""
     resources = resources_of(request)
     settings = resources.settings
-    if settings.api_key is not None and principal is None:
+    if principal is None and (settings.api_key is not None or settings.is_prod):
         raise Unauthorized("send x-api-key")
     if (
         principal is not None

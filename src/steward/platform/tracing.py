@@ -51,9 +51,8 @@ def instrument(app: FastAPI, settings: Settings) -> None:
 
 
 def add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: the current span's ids, when there is one."""
-    if not _configured:
-        return event
+    """structlog processor: the current span's ids, when there is one (also a span context
+    carried into a task from an API call, where this process exports nothing itself)."""
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event.setdefault("trace_id", f"{context.trace_id:032x}")
