@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from celery import group
@@ -13,9 +12,7 @@ from celery import group
 from steward.jobs import runtime
 from steward.jobs.base import StewardTask
 from steward.jobs.worker import app
-from steward.platform.cache import flush_invalidations
 from steward.platform.db import session_scope
-from steward.platform.pubsub import flush_pending
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -49,11 +46,7 @@ def send_reminders(owner_id: str) -> int:
     from steward.notifications import service as notifications
 
     async def send(resources: Resources) -> int:
-        async def after_commit(session: Any) -> None:
-            await flush_invalidations(session, resources.cache)
-            await flush_pending(session, resources.redis)
-
-        async with session_scope(resources.sessionmaker, after_commit=after_commit) as session:
+        async with resources.transaction() as session:
             return await notifications.send_due_reminders(session, owner_id=uuid.UUID(owner_id))
 
     return runtime.run(send)
