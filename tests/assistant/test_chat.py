@@ -222,6 +222,7 @@ async def test_another_users_conversation_and_run_are_404(
         ("GET", f"{base}/conversations/{conversation}/messages"),
         ("POST", f"{base}/conversations/{conversation}/messages"),
         ("DELETE", f"{base}/conversations/{conversation}"),
+        ("PATCH", f"{base}/conversations/{conversation}"),
         ("GET", f"{base}/runs/{run_id}"),
         ("GET", f"{base}/runs/{run_id}/events"),
         ("POST", f"{base}/runs/{run_id}/cancel"),
@@ -301,3 +302,31 @@ async def test_offline_provider_is_the_default_without_a_key_and_says_so(
         todos = (await client.get("/api/v1/todos", headers=alice.headers)).json()["items"]
         assert [t["title"] for t in todos] == ["buy milk"]
         assert made["run"]["usage"]["total_tokens"] > 0
+
+
+async def test_conversations_are_listed_renamed_and_deleted_with_their_runs(
+    client: httpx.AsyncClient, fake: ServedFake
+) -> None:
+    alice = await make_account(client)
+    base = "/api/v1/assistant/conversations"
+    first = await new_conversation(client, alice)
+    second = await new_conversation(client, alice)
+    listed = (await client.get(base, params={"limit": 1}, headers=alice.headers)).json()
+    assert [c["id"] for c in listed["items"]] == [second]
+    rest = await client.get(base, params={"cursor": listed["next_cursor"]}, headers=alice.headers)
+    assert [c["id"] for c in rest.json()["items"]] == [first]
+
+    renamed = await client.patch(
+        f"{base}/{first}", json={"title": "Groceries"}, headers=alice.headers
+    )
+    assert renamed.json()["title"] == "Groceries"
+    too_long = await client.patch(
+        f"{base}/{first}", json={"title": "x" * 201}, headers=alice.headers
+    )
+    assert too_long.status_code == 422
+
+    run_id = (await ask(client, alice, first, "hi")).json()["run"]["id"]
+    assert (await client.delete(f"{base}/{first}", headers=alice.headers)).status_code == 204
+    assert (await client.get(f"{base}/{first}", headers=alice.headers)).status_code == 404
+    gone = await client.get(f"/api/v1/assistant/runs/{run_id}", headers=alice.headers)
+    assert gone.status_code == 404

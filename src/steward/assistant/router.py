@@ -47,6 +47,7 @@ from steward.assistant.providers import ChatRequest, ProviderError, TextDelta
 from steward.assistant.schemas import (
     ConversationCreate,
     ConversationRead,
+    ConversationUpdate,
     MessageCreate,
     MessageRead,
     PromptCreate,
@@ -145,6 +146,14 @@ async def list_conversations(
             summary="One own conversation (scope assistant)")  # fmt: skip
 async def get_conversation(conversation: OwnedConversation) -> Any:
     return conversation
+
+
+@router.patch("/conversations/{conversation_id}", response_model=ConversationRead,
+              summary="Rename an own conversation (scope assistant)")  # fmt: skip
+async def rename_conversation(
+    conversation: OwnedConversation, body: ConversationUpdate, session: Session
+) -> Any:
+    return await service.rename_conversation(session, conversation=conversation, title=body.title)
 
 
 @router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT,

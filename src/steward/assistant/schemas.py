@@ -15,6 +15,12 @@ class ConversationCreate(BaseModel):
     title: str = Field(default="", max_length=200)
 
 
+class ConversationUpdate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    title: str = Field(max_length=200)
+
+
 class ConversationRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

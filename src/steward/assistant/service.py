@@ -61,6 +61,15 @@ async def list_conversations(
     )
 
 
+async def rename_conversation(
+    session: AsyncSession, *, conversation: Conversation, title: str
+) -> Conversation:
+    conversation.title = title
+    conversation.updated_at = _now()
+    await session.flush()
+    return conversation
+
+
 async def delete_conversation(session: AsyncSession, *, conversation: Conversation) -> None:
     await session.execute(delete(Conversation).where(Conversation.id == conversation.id))
 
