@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -114,12 +115,19 @@ def app(settings: Settings, clean_state: None, logs: LogCapture) -> FastAPI:
     return create_app(settings)
 
 
+@asynccontextmanager
+async def app_client(
+    app: FastAPI, *, client_ip: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` with its lifespan running, behind an httpx client (in process, no sockets)."""
+    address = {"client": (client_ip, 1234)} if client_ip else {}
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, **address)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
-        ) as http,
-    ):
+    async with app_client(app) as http:
         yield http

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from steward.app import create_app
 from steward.settings import Settings
@@ -27,12 +28,11 @@ class LiveServer(str):
 
 
 @asynccontextmanager
-async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
-    """Serve `create_app(settings)` with uvicorn on a free port; yields the base URL."""
+async def serve_asgi(app: ASGIApp, *, lifespan: str = "off") -> AsyncIterator[str]:
+    """Serve any ASGI app with uvicorn on a free port, in this event loop; yields its URL."""
     port = free_port()
-    app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+        app, host="127.0.0.1", port=port, log_config=None, lifespan=lifespan,
         ws="websockets-sansio",
     )  # fmt: skip
     server = uvicorn.Server(config)
@@ -44,9 +44,17 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
             if task.done():
                 task.result()
             await asyncio.sleep(0.05)
-        url = LiveServer(f"http://127.0.0.1:{port}")
-        url.app = app
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
+
+
+@asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """Serve `create_app(settings)` with uvicorn on a free port; yields the base URL."""
+    app = create_app(settings)
+    async with serve_asgi(app, lifespan="on") as base:
+        url = LiveServer(base)
+        url.app = app
+        yield url

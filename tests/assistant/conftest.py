@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from steward.settings import Settings
 from tests.conftest import make_settings
 from tests.engines import EngineSet
 from tests.factories import Account
 from tests.fakes.openai_server import MODEL, FakeOpenAI
-from tests.live import free_port
+from tests.live import serve_asgi
 
 
 class ServedFake(FakeOpenAI):
@@ -25,19 +23,9 @@ class ServedFake(FakeOpenAI):
 @pytest.fixture(scope="session")
 async def fake_server() -> AsyncIterator[ServedFake]:
     fake = ServedFake()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
-    fake.url = f"http://127.0.0.1:{port}/v1"
-    yield fake
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serve_asgi(fake.app) as base:
+        fake.url = f"{base}/v1"
+        yield fake
 
 
 @pytest.fixture

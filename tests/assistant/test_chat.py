@@ -8,12 +8,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
 from httpx_sse import aconnect_sse
 
 from steward.app import create_app
 from tests.assistant.conftest import ServedFake, ask, new_conversation
-from tests.conftest import make_settings
+from tests.conftest import app_client, make_settings
 from tests.engines import EngineSet
 from tests.factories import make_account
 from tests.fakes.openai_server import DEFAULT_REPLY, MODEL, Script
@@ -174,7 +173,7 @@ async def test_tool_rounds_are_capped(engines: EngineSet, fake: ServedFake) -> N
     from tests.assistant.conftest import assistant_settings
 
     app = create_app(assistant_settings(engines, fake.url, assistant_max_tool_rounds=2))
-    async with _client(app) as client:
+    async with app_client(app) as client:
         alice = await make_account(client)
         conversation = await new_conversation(client, alice)
         fake.script(*[Script(tool_calls=[("list_todos", {})]) for _ in range(5)])
@@ -266,29 +265,11 @@ async def test_unknown_provider_or_model_is_422(
     assert response.status_code == 422
 
 
-def _client(app: FastAPI) -> Any:
-    from contextlib import asynccontextmanager
-
-    from asgi_lifespan import LifespanManager
-
-    @asynccontextmanager
-    async def manage() -> Any:
-        async with (
-            LifespanManager(app) as manager,
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
-            ) as http,
-        ):
-            yield http
-
-    return manage()
-
-
 async def test_offline_provider_is_the_default_without_a_key_and_says_so(
     engines: EngineSet, clean_state: None
 ) -> None:
     app = create_app(make_settings(engines, assistant_offline_delay_s=0))
-    async with _client(app) as client:
+    async with app_client(app) as client:
         alice = await make_account(client)
         conversation = await new_conversation(client, alice)
         answer = (await ask(client, alice, conversation, "hello")).json()

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from steward.app import create_app
 from steward.platform.db import async_url
 from tests.assistant.conftest import ServedFake, ask, assistant_settings, new_conversation
-from tests.assistant.test_chat import _client
+from tests.conftest import app_client
 from tests.engines import EngineSet
 from tests.factories import make_account
 from tests.fakes.openai_server import DEFAULT_REPLY, Script
@@ -150,7 +150,7 @@ async def test_breaker_opens_then_fallback_answers_then_a_probe_closes_it(
         provider={"max_retries": 0},
     )  # fmt: skip
     app = create_app(settings)
-    async with _client(app) as client:
+    async with app_client(app) as client:
         alice = await make_account(client)
         conversation = await new_conversation(client, alice)
         fake.script(Script(status=500), Script(status=500))
@@ -181,7 +181,7 @@ async def test_without_a_fallback_an_open_circuit_is_a_clear_error(
         engines, fake.url, assistant_breaker_failures=1, assistant_breaker_reset_s=60,
         provider={"max_retries": 0},
     )  # fmt: skip
-    async with _client(create_app(settings)) as client:
+    async with app_client(create_app(settings)) as client:
         alice = await make_account(client)
         conversation = await new_conversation(client, alice)
         fake.script(Script(status=502))

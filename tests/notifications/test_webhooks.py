@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from celery import Celery
 from fastapi import FastAPI
 from starlette.applications import Starlette
@@ -26,7 +25,7 @@ from steward.settings import Settings
 from tests.conftest import make_settings
 from tests.engines import EngineSet
 from tests.factories import Account, make_account, make_admin
-from tests.live import free_port
+from tests.live import serve_asgi
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -50,17 +49,9 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     hook = Receiver()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(hook.app, port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(250):
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
-    hook.url = f"http://127.0.0.1:{port}/hook"
-    yield hook
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serve_asgi(hook.app) as base:
+        hook.url = f"{base}/hook"
+        yield hook
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from asgi_lifespan import LifespanManager
 
 from steward.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import app_client, make_settings
 from tests.engines import EngineSet
 from tests.factories import PASSWORD, make_account
 
@@ -22,11 +21,10 @@ TODOS = "/api/v1/todos"
 @asynccontextmanager
 async def serve(engines: EngineSet, *, client_ip: str = "10.1.1.1",
                 **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:  # fmt: skip
-    app = create_app(make_settings(engines, **overrides))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, client=(client_ip, 1234))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield http
+    async with app_client(
+        create_app(make_settings(engines, **overrides)), client_ip=client_ip
+    ) as http:
+        yield http
 
 
 def _closed_port() -> int:

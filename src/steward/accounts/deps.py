@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import Depends, Form, Request, Security
+from fastapi import Depends, Form, Request, Security, WebSocket
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
@@ -26,8 +26,10 @@ from steward.platform.api import API_V1
 from steward.platform.cache import MISSING
 from steward.platform.db import session_scope
 from steward.platform.deps import Session, Settings, resources_of
-from steward.platform.errors import Forbidden, NotFound, Unauthorized
+from steward.platform.errors import Forbidden, NotFound, StewardError, Unauthorized
 from steward.platform.ratelimit import Decision, enforce
+from steward.platform.ratelimit import Policy as RateLimitPolicy
+from steward.platform.sockets import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
 from steward.settings import Settings as _Settings
 
 _bearer = OAuth2PasswordBearer(tokenUrl=f"{API_V1}/auth/token", auto_error=False)
@@ -307,30 +309,39 @@ CredentialsForm = Annotated[PasswordForm, Depends(password_form)]
 # --- rate limits ---------------------------------------------------------------------------
 
 
-def _attach(request: Request, decision: Decision) -> None:
+def _attach(request: HTTPConnection, decision: Decision) -> None:
     if decision.checked:
         request.scope.setdefault("state", {})["response_headers"] = decision.headers()
 
 
-async def limit_requests(request: Request, principal: OptionalPrincipal) -> None:
-    """The general limit: per user or API key when authenticated, else per client IP."""
-    resources = resources_of(request)
+def limit_key(connection: HTTPConnection, principal: Principal | None) -> str:
+    """Whose budget a call spends: its API key's, its user's, else its client IP's."""
+    if principal is None:
+        return f"ip:{connection.scope.get('state', {}).get('client_ip')}"
+    if principal.api_key_id is not None:
+        return f"key:{principal.api_key_id}"
+    if principal.user_id is not None:
+        return f"user:{principal.user_id}"
+    return "service"
+
+
+async def limit(
+    connection: HTTPConnection, policy: RateLimitPolicy, principal: Principal | None
+) -> None:
+    """Count one call against `policy` for its caller; a 429 problem when over."""
+    resources = resources_of(connection)
     if not resources.settings.rate_limit_enabled:
         return
-    if principal is None:
-        policy = resources.policies.anonymous
-        key = f"ip:{request.scope.get('state', {}).get('client_ip')}"
-    else:
-        policy = resources.policies.authenticated
-        if principal.api_key_id is not None:
-            key = f"key:{principal.api_key_id}"
-        elif principal.user_id is not None:
-            key = f"user:{principal.user_id}"
-        else:
-            key = "service"
-    decision = await resources.limiter.hit(policy, key)
-    _attach(request, decision)
+    decision = await resources.limiter.hit(policy, limit_key(connection, principal))
+    _attach(connection, decision)
     enforce(decision)
+
+
+async def limit_requests(request: Request, principal: OptionalPrincipal) -> None:
+    """The general limit: per user or API key when authenticated, else per client IP."""
+    policies = resources_of(request).policies
+    await limit(request, policies.anonymous if principal is None else policies.authenticated,
+                principal)  # fmt: skip
 
 
 async def _limit_credentials(request: Request, account: str | None) -> None:
@@ -380,4 +391,20 @@ async def authenticate_connection(connection: HTTPConnection) -> Principal:
         )
     if principal is None:
         raise Unauthorized("authentication required: send a bearer token or an x-api-key")
+    return principal
+
+
+async def accept_socket(websocket: WebSocket, scope: str) -> Principal | None:
+    """Accept a WebSocket and authenticate it for `scope` (a user behind it); on failure,
+    close it with 4401 or 4403 and return None. Accepting first matters: closing before
+    accepting can only answer HTTP 403, and clients need the close code."""
+    await websocket.accept()
+    try:
+        principal = await authenticate_connection(websocket)
+    except StewardError as exc:
+        await websocket.close(code=CLOSE_UNAUTHENTICATED, reason=exc.detail[:100])
+        return None
+    if scope not in principal.scopes or principal.user is None:
+        await websocket.close(code=CLOSE_FORBIDDEN, reason=f"missing scope {scope!r}")
+        return None
     return principal

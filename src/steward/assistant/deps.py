@@ -7,12 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from steward.accounts.deps import Principal, requires
+from steward.accounts.deps import Principal, limit, requires
 from steward.assistant import service
 from steward.assistant.models import Conversation
 from steward.assistant.runner import ActiveRuns
 from steward.platform.deps import Session, resources_of
-from steward.platform.ratelimit import enforce
 
 AssistantUser = Annotated[Principal, Depends(requires("assistant"))]
 ConversationId = Annotated[uuid.UUID, Path(description="the conversation's id")]
@@ -37,14 +36,7 @@ OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
 
 async def limit_assistant(request: Request, principal: AssistantUser) -> None:
     """Runs cost money: a tighter limit per user (or API key) than the general one."""
-    resources = resources_of(request)
-    if not resources.settings.rate_limit_enabled:
-        return
-    key = f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
-    decision = await resources.limiter.hit(resources.policies.assistant, key)
-    if decision.checked:
-        request.scope.setdefault("state", {})["response_headers"] = decision.headers()
-    enforce(decision)
+    await limit(request, resources_of(request).policies.assistant, principal)
 
 
 AssistantLimited = Depends(limit_assistant)

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from steward.accounts.deps import Principal, policy_of, resolve_principal
+from steward.accounts.deps import Principal, limit, policy_of, resolve_principal
 from steward.assistant import service, tokens
 from steward.assistant.providers import (
     ChatRequest,
@@ -40,7 +40,6 @@ from steward.platform.errors import (
     StewardError,
     Unauthorized,
 )
-from steward.platform.ratelimit import enforce
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -104,9 +103,7 @@ async def gateway_principal(request: Request, session: Session) -> Principal:
         raise Unauthorized("the gateway takes a user's API key")
     if "assistant" not in principal.scopes:
         raise Forbidden("this API key lacks scope 'assistant'")
-    if resources.settings.rate_limit_enabled:
-        key = f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
-        enforce(await resources.limiter.hit(resources.policies.assistant, key))
+    await limit(request, resources.policies.assistant, principal)
     return principal
 
 

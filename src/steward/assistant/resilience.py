@@ -182,15 +182,6 @@ class Providers:
     def breaker(self, name: str) -> CircuitBreaker:
         return self._breakers[name]
 
-    def add(self, provider: Provider) -> None:
-        """Register a provider built elsewhere (tests, extensions)."""
-        self._providers[provider.name] = provider
-        self._breakers[provider.name] = CircuitBreaker(
-            provider.name,
-            failures=self._settings.assistant_breaker_failures,
-            reset_s=self._settings.assistant_breaker_reset_s,
-        )
-
     async def open(self, provider: Provider, request: ChatRequest) -> Opened:
         """Call `provider` (retrying transient failures), or the fallback if its circuit is
         open. Raises ProviderError when neither produced a first chunk."""

@@ -32,7 +32,8 @@ from steward.accounts.deps import (
     OptionalPrincipal,
     Principal,
     RateLimited,
-    authenticate_connection,
+    accept_socket,
+    limit,
 )
 from steward.assistant import prompts, runner, service
 from steward.assistant.deps import (
@@ -72,9 +73,9 @@ from steward.platform.errors import (
     UnprocessableContent,
     problem_body,
 )
-from steward.platform.pagination import Cursor, Limit, Page
-from steward.platform.ratelimit import enforce
+from steward.platform.pagination import Cursor, Limit, Page, invalid_cursor
 from steward.platform.resources import Resources
+from steward.platform.sockets import CLOSE_LIFETIME, CLOSE_LIMITED
 
 log = structlog.get_logger(__name__)
 
@@ -173,10 +174,7 @@ async def list_messages(
     after = None
     if cursor is not None:
         if not cursor.isdigit():
-            raise UnprocessableContent(
-                "cursor is not valid; pass `next_cursor` from a previous page unchanged",
-                errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],
-            )
+            raise invalid_cursor()
         after = int(cursor)
     rows = await service.list_messages(
         session, conversation_id=conversation.id, limit=limit + 1, after=after
@@ -400,11 +398,6 @@ async def usage(
 
 # --- WebSocket -----------------------------------------------------------------------------
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_LIMITED = 4429
-CLOSE_LIFETIME = 4000
-
 
 @sockets.websocket("/ws")
 async def assistant_socket(websocket: WebSocket) -> None:
@@ -412,14 +405,8 @@ async def assistant_socket(websocket: WebSocket) -> None:
     "content"}` or `{"type": "cancel", "run_id"}`; receive `{"type": <event>, "id", "data"}`
     with the SSE events' names and data, or `{"type": "error", "data": <problem>}`. Close
     codes: 4401 unauthenticated, 4403 missing scope, 4429 rate limited, 4000 lifetime reached."""
-    await websocket.accept()
-    try:
-        principal = await authenticate_connection(websocket)
-    except StewardError as exc:
-        await websocket.close(code=CLOSE_UNAUTHENTICATED, reason=exc.detail[:100])
-        return
-    if "assistant" not in principal.scopes or principal.user is None:
-        await websocket.close(code=CLOSE_FORBIDDEN, reason="missing scope 'assistant'")
+    principal = await accept_socket(websocket, "assistant")
+    if principal is None:
         return
     resources = resources_of(websocket)
     runs: runner.ActiveRuns = websocket.app.state.active_runs
@@ -452,7 +439,7 @@ async def assistant_socket(websocket: WebSocket) -> None:
             except TimeoutError:
                 continue
             try:
-                live = await _on_socket_message(resources, runs, principal, mine, raw)
+                live = await _on_socket_message(websocket, resources, runs, principal, mine, raw)
             except TooManyRequests as exc:
                 await websocket.close(code=CLOSE_LIMITED, reason=exc.detail[:100])
                 return
@@ -477,6 +464,7 @@ async def assistant_socket(websocket: WebSocket) -> None:
 
 
 async def _on_socket_message(
+    websocket: WebSocket,
     resources: Resources,
     runs: runner.ActiveRuns,
     principal: Principal,
@@ -507,9 +495,7 @@ async def _on_socket_message(
         raise UnprocessableContent(
             "a message needs conversation_id (UUID) and content (1-32000 chars)"
         ) from None
-    if resources.settings.rate_limit_enabled:
-        key = f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
-        enforce(await resources.limiter.hit(resources.policies.assistant, key))
+    await limit(websocket, resources.policies.assistant, principal)
     async with resources.transaction() as session:
         conversation = await service.get_conversation(
             session, owner_id=user_id_of(principal), conversation_id=conversation_id
@@ -575,10 +561,7 @@ async def chat(
         and "assistant" not in principal.scopes
     ):
         raise Forbidden("missing scope 'assistant'")
-    if settings.rate_limit_enabled:
-        ip = request.scope.get("state", {}).get("client_ip")
-        key = f"key:{principal.api_key_id}" if principal and principal.api_key_id else f"ip:{ip}"
-        enforce(await resources.limiter.hit(resources.policies.assistant, key))
+    await limit(request, resources.policies.assistant, principal)
     provider = resources.providers.get(None)
     assert provider is not None
     chat_request = ChatRequest(

@@ -61,8 +61,6 @@ class Stalled(ProviderUnavailable):
 def _problem(exc: ProviderError | TimeoutError | Exception) -> dict[str, Any]:
     if isinstance(exc, ProviderError):
         status = 503 if isinstance(exc, ProviderUnavailable) else 502
-        if isinstance(exc, ProviderRejected):
-            status = 502
         slug, detail = exc.kind.replace("_", "-"), str(exc)
     elif isinstance(exc, TimeoutError):
         status, slug, detail = 504, "run-timeout", "the run took longer than allowed"
@@ -169,10 +167,10 @@ class Execution:
     async def _streamed(self) -> bool | None:
         """Whether an earlier attempt already sent output for this run."""
         try:
-            entries = await run_log(self.resources).read(self.plan.run_id, after="0", block_ms=None)
+            events = await run_log(self.resources).read(self.plan.run_id)
         except Exception:  # noqa: BLE001 - unknown; the claim then assumes the worst
             return None
-        return any(event.event in ("token", "tool_call") for _, event in entries)
+        return any(event.event in ("token", "tool_call") for event in events)
 
     async def _rounds(
         self, provider: Provider, prompt: prompts.ActivePrompt, history: list[dict[str, Any]]

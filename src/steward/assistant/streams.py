@@ -18,8 +18,6 @@ from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
 
-EVENTS = ("run", "token", "tool_call", "tool_result", "usage", "error", "done")
-
 
 @dataclass(frozen=True, slots=True)
 class RunEvent:
@@ -99,16 +97,10 @@ class RunLog:
             log.warning("assistant.run_log_failed", run_id=str(run_id), error=type(exc).__name__)
             self._last_failure = now
 
-    async def read(
-        self, run_id: uuid.UUID, *, after: str, block_ms: int | None, count: int = 500
-    ) -> list[tuple[str, RunEvent]]:
-        """Events after entry id `after` ("0" for all), waiting up to `block_ms` for new ones."""
-        response = await self._redis.xread({stream_key(run_id): after}, count=count, block=block_ms)
-        out: list[tuple[str, RunEvent]] = []
-        for _, entries in response or ():
-            for entry_id, fields in entries:
-                out.append((entry_id.decode(), RunEvent.decode(fields)))
-        return out
+    async def read(self, run_id: uuid.UUID) -> list[RunEvent]:
+        """Every event the stream holds, oldest first."""
+        entries = await self._redis.xrange(stream_key(run_id))
+        return [RunEvent.decode(fields) for _, fields in entries]
 
     async def exists(self, run_id: uuid.UUID) -> bool:
         return bool(await self._redis.exists(stream_key(run_id)))
@@ -197,16 +189,23 @@ class RunFollowers:
                 continue
             for key, entries in response or ():
                 run_id = uuid.UUID((key.decode() if isinstance(key, bytes) else key)[4:])
-                if run_id not in self._heads:
-                    continue  # everyone left while the read was in flight
-                for raw_id, fields in entries:
-                    entry_id = raw_id.decode()
-                    if not is_after(entry_id, self._heads[run_id]):
-                        continue
-                    self._heads[run_id] = entry_id
-                    event = RunEvent.decode(fields)
-                    for follower in self._followers.get(run_id, ()):
-                        follower.queue.put_nowait((entry_id, event))
+                if run_id in self._heads:  # else everyone left while the read was in flight
+                    self._dispatch(run_id, entries)
+
+    def _dispatch(self, run_id: uuid.UUID, entries: list[Any]) -> None:
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            if not is_after(entry_id, self._heads[run_id]):
+                continue
+            self._heads[run_id] = entry_id
+            try:
+                event = RunEvent.decode(fields)
+            except (KeyError, ValueError):
+                # One unreadable entry must not stop the loop every reader depends on.
+                log.warning("assistant.run_event_unreadable", run_id=str(run_id), id=entry_id)
+                continue
+            for follower in self._followers.get(run_id, ()):
+                follower.queue.put_nowait((entry_id, event))
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -9,7 +9,6 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -31,10 +30,6 @@ class Caller:
 
     user_id: uuid.UUID
     scopes: frozenset[str]
-
-
-class ToolError(Exception):
-    """A failure the model should read (and perhaps recover from)."""
 
 
 class ListTodosArgs(BaseModel):
@@ -184,18 +179,10 @@ async def call(
             result = await tool.handler(session, caller, parsed)
     except StewardError as exc:
         return _problem(exc.detail), False
-    except ToolError as exc:
-        return _problem(str(exc)), False
     log.info("assistant.tool_called", tool=name, user_id=str(caller.user_id))
     return result, True
 
 
 def encode(result: dict[str, Any]) -> str:
     """A tool result as the message content the model reads."""
-    return orjson.dumps(result, default=_default).decode()
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime | uuid.UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)
+    return orjson.dumps(result).decode()

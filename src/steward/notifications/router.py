@@ -13,7 +13,7 @@ import structlog
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from steward.accounts.deps import CurrentUser, RateLimited, authenticate_connection
+from steward.accounts.deps import CurrentUser, RateLimited, accept_socket
 from steward.notifications import service, webhooks
 from steward.notifications.hub import CONNECTIONS
 from steward.notifications.schemas import (
@@ -25,8 +25,8 @@ from steward.notifications.schemas import (
 )
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, Settings, resources_of
-from steward.platform.errors import StewardError, Unauthorized
 from steward.platform.pagination import Cursor, Limit, Page
+from steward.platform.sockets import CLOSE_LIFETIME, CLOSE_SLOW_CONSUMER
 from steward.todos.deps import TodosReader
 
 log = structlog.get_logger(__name__)
@@ -94,31 +94,13 @@ async def delete_webhook(user: CurrentUser, session: Session) -> None:
     await webhooks.remove_webhook(session, user_id=user.id)
 
 
-# WebSocket close codes (4000-4999 are the application's own).
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_SLOW_CONSUMER = 4408
-CLOSE_LIFETIME = 4000
-
-
 @router.websocket("")
 async def realtime_socket(websocket: WebSocket) -> None:
     """Todo changes and notifications, live (scope todos:read). Authenticate with
     `Authorization: Bearer`, `x-api-key`, or `?access_token=` (browsers). Close codes: 4401
     unauthenticated, 4403 missing scope, 4408 too slow to keep up, 4000 lifetime reached."""
-    # Accept first: closing before accepting can only answer HTTP 403, and clients need the
-    # close code to tell "sign in again" (4401) from "not allowed" (4403).
-    await websocket.accept()
-    try:
-        principal = await authenticate_connection(websocket)
-    except Unauthorized:
-        await websocket.close(code=CLOSE_UNAUTHENTICATED, reason="authentication required")
-        return
-    except StewardError as exc:
-        await websocket.close(code=CLOSE_UNAUTHENTICATED, reason=exc.detail[:100])
-        return
-    if "todos:read" not in principal.scopes or principal.user_id is None:
-        await websocket.close(code=CLOSE_FORBIDDEN, reason="missing scope 'todos:read'")
+    principal = await accept_socket(websocket, "todos:read")
+    if principal is None:
         return
 
     resources = resources_of(websocket)
