@@ -91,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.active_runs = runs = ActiveRuns()
         app.state.run_followers = followers = RunFollowers(resources.redis)
         loop_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
+        near_cache = asyncio.create_task(
+            resources.cache.follow_invalidations(), name="cache-invalidations"
+        )
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's view so that full collections stay short under load (lower p99).
         gc.collect()
@@ -101,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # Runs in flight end as "cancelled" (recorded, and told to their readers).
             loop_watch.cancel()
+            near_cache.cancel()
             await runs.cancel_all()
             await followers.aclose()
             await resources.close()

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cache_enabled: bool = True
     cache_ttl_s: float = Field(default=60.0, gt=0)
+    # Each API process also keeps hot entries in memory for up to this long (0 turns the
+    # near cache off); invalidations reach every process over Redis Pub/Sub at once, this
+    # only bounds a copy's age should that channel fail silently.
+    cache_local_ttl_s: float = Field(default=5.0, ge=0)
 
     # Realtime
     realtime_heartbeat_s: float = Field(default=15.0, gt=0)

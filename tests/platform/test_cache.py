@@ -4,8 +4,9 @@ invalidation, and Redis outages that bypass instead of failing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -100,4 +101,91 @@ async def test_redis_down_means_bypass_not_error() -> None:
     assert await cache.get_or_compute("ns", "k", compute, ttl_s=60) == "computed"
     assert compute.calls == 2
     await cache.invalidate("ns")  # logged, not raised
+    await down.aclose()
+
+
+# --- the near cache: copies in each process, kept coherent over Pub/Sub ---------------------
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    """Poll: the condition is set by a background task with no event to wait on."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def following(cache: Cache) -> AsyncIterator[Cache]:
+    """Run the cache's invalidation follower, as the app's lifespan does."""
+    task = asyncio.create_task(cache.follow_invalidations(retry_s=0.05))
+    try:
+        await until(lambda: cache.near is not None and cache.near.live)
+        yield cache
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_near_cache_serves_repeat_reads_without_redis(redis: Redis) -> None:
+    async with following(Cache(redis, local_ttl_s=30)) as cache:
+        compute = Counter("v", 0)
+        assert await cache.get_or_compute("ns", "k", compute, ttl_s=60) == "v"
+        await redis.flushdb()  # the Redis entry is gone: only the local copy can answer
+        assert await cache.get_or_compute("ns", "k", compute, ttl_s=60) == "v"
+        assert compute.calls == 1
+
+
+async def test_an_invalidation_anywhere_reaches_every_process_at_once(redis: Redis) -> None:
+    other_client = Redis(**redis.get_connection_kwargs())  # another process' connections
+    async with (
+        following(Cache(redis, local_ttl_s=30)) as here,
+        following(Cache(other_client, local_ttl_s=30)) as there,
+    ):
+        assert await here.get_or_compute("user:1", "k", Counter("old", 0), ttl_s=60) == "old"
+        assert await there.get_or_compute("user:1", "k", Counter("x", 0), ttl_s=60) == "old"
+        await there.invalidate("user:1")
+        # The writer's own process reads its write at once; the other one as soon as the
+        # announcement arrives (a Pub/Sub round trip), never later than that.
+        assert await there.get_or_compute("user:1", "k", Counter("new", 0), ttl_s=60) == "new"
+        await until(lambda: here.near is not None and here.near.get("user:1", "k") is None)
+        assert await here.get_or_compute("user:1", "k", Counter("x", 0), ttl_s=60) == "new"
+    await other_client.aclose()
+
+
+async def test_a_read_overtaken_by_an_invalidation_is_not_kept(redis: Redis) -> None:
+    async with following(Cache(redis, local_ttl_s=30)) as cache:
+        near = cache.near
+        assert near is not None
+
+        async def slow_compute() -> object:
+            # While this read is in flight, another process changes the data.
+            await cache.invalidate("ns")
+            return "read-before-the-change"
+
+        assert await cache.get_or_compute("ns", "k", slow_compute, ttl_s=60) == (
+            "read-before-the-change"
+        )
+        assert near.get("ns", "k") is None  # not kept locally: the namespace moved on
+        fresh = Counter("after", 0)
+        assert await cache.get_or_compute("ns", "k", fresh, ttl_s=60) == "after"
+        assert fresh.calls == 1
+
+
+async def test_near_cache_is_off_while_invalidations_cannot_be_followed() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=0.2)
+    cache = Cache(down, local_ttl_s=30)
+    task = asyncio.create_task(cache.follow_invalidations(retry_s=0.05))
+    await asyncio.sleep(0.5)
+    assert cache.near is not None and not cache.near.live
+    compute = Counter("computed", 0)
+    await cache.get_or_compute("ns", "k", compute, ttl_s=60)
+    await cache.get_or_compute("ns", "k", compute, ttl_s=60)
+    assert compute.calls == 2  # nothing kept locally
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
     await down.aclose()

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from steward.accounts.deps import Principal, limit, policy_of, resolve_principal
+from steward.accounts.deps import Principal, limit, resolve_principal
 from steward.assistant import service, tokens
 from steward.assistant.providers import (
     ChatRequest,
@@ -88,7 +88,7 @@ class OpenAIRoute(APIRoute):
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIRoute)
 
 
-async def gateway_principal(request: Request, session: Session) -> Principal:
+async def gateway_principal(request: Request) -> Principal:
     """A Steward API key (scope assistant) as `Authorization: Bearer`, or as `x-api-key`."""
     resources = resources_of(request)
     header = request.headers.get("authorization", "")
@@ -96,9 +96,7 @@ async def gateway_principal(request: Request, session: Session) -> Principal:
     secret = secret or request.headers.get("x-api-key")
     if not secret:
         raise Unauthorized("send a Steward API key as `Authorization: Bearer <key>`")
-    principal = await resolve_principal(
-        request, session, resources.settings, policy_of(request), None, secret
-    )
+    principal = await resolve_principal(request, None, secret)
     if principal is None or principal.user is None:
         raise Unauthorized("the gateway takes a user's API key")
     if "assistant" not in principal.scopes:

@@ -1,5 +1,7 @@
 """Cache-aside on Redis with version-keyed namespaces, single-flight recomputation, stale
-serving, negative entries and jittered TTLs.
+serving, negative entries and jittered TTLs, plus an optional near cache: each process keeps
+copies of the entries it read recently and drops them when any process invalidates their
+namespace (announced over Redis Pub/Sub), so a hot read costs no round trip at all.
 
 Written here rather than taken from a library: the pieces that matter (a per-namespace
 version read in the same round trip as the entry, invalidation only after the writing
@@ -14,7 +16,9 @@ import contextlib
 import random
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -28,7 +32,8 @@ log = structlog.get_logger(__name__)
 
 LOOKUPS = Counter(
     "steward_cache_lookups_total",
-    "Cache reads by namespace kind and result (hit, miss, stale, negative, bypass).",
+    "Cache reads by namespace kind and result (local, hit, miss, stale, negative, bypass);"
+    " local is a hit in this process' near cache, hit one in Redis.",
     ["kind", "result"],
 )
 RECOMPUTE_SECONDS = Histogram(
@@ -48,6 +53,18 @@ _READ_SCRIPT = """
 local version = redis.call('GET', KEYS[1]) or '0'
 return {version, redis.call('GET', ARGV[1] .. version .. ARGV[2])}
 """
+# Move namespaces to new versions and announce each new version to every process's near
+# cache. KEYS: version keys; ARGV[1]: channel, ARGV[2..]: the namespaces. Returns versions.
+_INVALIDATE_SCRIPT = """
+local versions = {}
+for i, key in ipairs(KEYS) do
+  local version = redis.call('INCR', key)
+  redis.call('EXPIRE', key, 604800)
+  redis.call('PUBLISH', ARGV[1], version .. ' ' .. ARGV[i + 1])
+  versions[i] = version
+end
+return versions
+"""
 # Release a lock only if it is still ours (it may have expired and been taken over).
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -57,9 +74,83 @@ return 0
 Compute = Callable[[], Awaitable[Any]]
 
 
+@dataclass(slots=True)
+class _Copy:
+    version: int
+    fresh_until: float  # wall clock, from the Redis entry
+    expires: float  # monotonic: the near cache's own limit on a copy's age
+    value: Any
+
+
+class NearCache:
+    """This process' copies of Redis entries, by namespace, least recently used dropped first.
+
+    A copy is stored only if nothing made it stale while it was being read: `floors` holds
+    the newest version announced per namespace, and `epoch` moves whenever announcements may
+    have been missed (the subscription was lost or re-made, or a floor was forgotten), which
+    voids every read started before. Without a live subscription nothing is served or kept;
+    `max_age_s` bounds a copy's life even if the subscription dies without an error.
+    """
+
+    def __init__(self, *, max_age_s: float, max_namespaces: int = 10_000) -> None:
+        self.max_age_s = max_age_s
+        self.max_namespaces = max_namespaces
+        self.live = False
+        self.epoch = 0
+        self._copies: OrderedDict[str, dict[str, _Copy]] = OrderedDict()
+        self._floors: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, namespace: str, key: str) -> _Copy | None:
+        copies = self._copies.get(namespace)
+        copy = copies.get(key) if copies is not None else None
+        if copy is None:
+            return None
+        if copy.expires <= time.monotonic() or copy.fresh_until <= time.time():
+            del copies[key]  # type: ignore[union-attr]
+            return None
+        self._copies.move_to_end(namespace)
+        return copy
+
+    def put(
+        self, namespace: str, key: str, *, version: int, epoch: int, fresh_until: float, value: Any
+    ) -> None:
+        if not self.live or epoch != self.epoch or version < self._floors.get(namespace, 0):
+            return
+        copies = self._copies.get(namespace)
+        if copies is None:
+            copies = self._copies[namespace] = {}
+            if len(self._copies) > self.max_namespaces:
+                self._copies.popitem(last=False)
+        else:
+            self._copies.move_to_end(namespace)
+        expires = time.monotonic() + self.max_age_s
+        copies[key] = _Copy(version, fresh_until, expires, value)
+
+    def invalidated(self, namespace: str, version: int) -> None:
+        """`namespace` moved to `version`: its copies go, older reads may not be kept."""
+        self._copies.pop(namespace, None)
+        if version > self._floors.get(namespace, 0):
+            self._floors[namespace] = version
+            self._floors.move_to_end(namespace)
+            if len(self._floors) > 4 * self.max_namespaces:
+                self._floors.popitem(last=False)
+                self.epoch += 1  # a forgotten floor could let a stale read in: void them all
+
+    def reset(self, *, live: bool) -> None:
+        self._copies.clear()
+        self._floors.clear()
+        self.epoch += 1
+        self.live = live
+
+
 class Cache:
     """Values are JSON. A fresh entry is a hit; an expired one is recomputed by a single
-    caller (holding a short lock) while the others serve it stale or wait briefly."""
+    caller (holding a short lock) while the others serve it stale or wait briefly.
+
+    With `local_ttl_s` > 0 and `follow_invalidations()` running, fresh entries are also kept
+    in this process for up to that long. Values are shared between callers then: treat what
+    `get_or_compute` returns as read-only.
+    """
 
     def __init__(
         self,
@@ -70,6 +161,7 @@ class Cache:
         jitter: float = 0.1,
         lock_ttl_s: float = 5.0,
         wait_s: float = 1.0,
+        local_ttl_s: float = 0.0,
     ) -> None:
         self._redis = redis
         self.enabled = enabled
@@ -79,6 +171,9 @@ class Cache:
         self._wait_s = wait_s
         self._read = redis.register_script(_READ_SCRIPT)
         self._release = redis.register_script(_RELEASE_SCRIPT)
+        self._invalidate = redis.register_script(_INVALIDATE_SCRIPT)
+        self.channel = f"{prefix}:invalidations"
+        self.near = NearCache(max_age_s=local_ttl_s) if enabled and local_ttl_s > 0 else None
 
     def _version_key(self, namespace: str) -> str:
         return f"{self._prefix}:ver:{namespace}"
@@ -101,6 +196,14 @@ class Cache:
         """The cached value, else `compute()`'s (which may return MISSING for "absent")."""
         if not self.enabled:
             return await compute()
+        near = self.near if self.near is not None and self.near.live else None
+        epoch = 0
+        if near is not None:
+            copy = near.get(namespace, key)
+            if copy is not None:
+                LOOKUPS.labels(kind, "negative" if copy.value is MISSING else "local").inc()
+                return copy.value
+            epoch = near.epoch
         head = f"{self._prefix}:{namespace}:"
         try:
             version_raw, raw = await self._read(
@@ -108,13 +211,17 @@ class Cache:
             )
         except (RedisError, OSError) as exc:
             return await self._bypass(compute, kind, exc)
-        version = version_raw.decode() if isinstance(version_raw, bytes) else str(version_raw)
+        version = int(version_raw)
         entry_key = f"{head}{version}:{key}"
         entry = orjson.loads(raw) if raw is not None else None
         now = time.time()
         if entry is not None and entry["s"] > now:
             LOOKUPS.labels(kind, "negative" if entry.get("n") else "hit").inc()
-            return MISSING if entry.get("n") else entry["v"]
+            value = MISSING if entry.get("n") else entry["v"]
+            if near is not None:
+                near.put(namespace, key, version=version, epoch=epoch, fresh_until=entry["s"],
+                         value=value)  # fmt: skip
+            return value
 
         token = secrets.token_hex(8)
         lock_key = f"{entry_key}:lock"
@@ -137,7 +244,10 @@ class Cache:
             started = time.perf_counter()
             value = await compute()
             RECOMPUTE_SECONDS.labels(kind).observe(time.perf_counter() - started)
-            await self._store(entry_key, value, ttl_s, stale_s, negative_ttl_s)
+            fresh_until = await self._store(entry_key, value, ttl_s, stale_s, negative_ttl_s)
+            if near is not None and fresh_until is not None:
+                near.put(namespace, key, version=version, epoch=epoch, fresh_until=fresh_until,
+                         value=value)  # fmt: skip
         finally:
             with contextlib.suppress(RedisError, OSError):  # else the lock expires by itself
                 await self._release(keys=[lock_key], args=[token])
@@ -145,22 +255,21 @@ class Cache:
 
     async def _store(
         self, entry_key: str, value: Any, ttl_s: float, stale_s: float, negative_ttl_s: float
-    ) -> None:
+    ) -> float | None:
+        """Store the entry; its fresh-until time, or None when Redis did not take it."""
         negative = value is MISSING
-        fresh = self._ttl(negative_ttl_s if negative else ttl_s)
-        body = (
-            {"s": time.time() + fresh, "n": True}
-            if negative
-            else {"s": time.time() + fresh, "v": value}
-        )
+        fresh_until = time.time() + self._ttl(negative_ttl_s if negative else ttl_s)
+        body = {"s": fresh_until, "n": True} if negative else {"s": fresh_until, "v": value}
         try:
             await self._redis.set(
                 entry_key,
                 orjson.dumps(body, default=str),
-                px=max(1, int((fresh + (0 if negative else stale_s)) * 1000)),
+                px=max(1, int((fresh_until - time.time() + (0 if negative else stale_s)) * 1000)),
             )
         except (RedisError, OSError) as exc:
             log.warning("cache.store_failed", error=type(exc).__name__)
+            return None
+        return fresh_until
 
     async def _wait_for(self, entry_key: str, kind: str) -> Any | None:
         """Another caller is recomputing: poll briefly for its result."""
@@ -191,15 +300,46 @@ class Cache:
         if not self.enabled or not namespaces:
             return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for namespace in namespaces:
-                    pipe.incr(self._version_key(namespace))
-                    pipe.expire(self._version_key(namespace), 7 * 86_400)
-                await pipe.execute()
+            versions = await self._invalidate(
+                keys=[self._version_key(namespace) for namespace in namespaces],
+                args=[self.channel, *namespaces],
+            )
         except (RedisError, OSError) as exc:
             log.warning(
                 "cache.invalidate_failed", namespaces=len(namespaces), error=type(exc).__name__
             )
+            if self.near is not None:
+                # Other processes may keep their copies until `local_ttl_s`; this one, which
+                # made the change, must at least read its own writes.
+                self.near.reset(live=self.near.live)
+            return
+        if self.near is not None:  # at once here; the announcement reaches the others
+            for namespace, version in zip(namespaces, versions, strict=True):
+                self.near.invalidated(namespace, int(version))
+
+    async def follow_invalidations(self, *, retry_s: float = 1.0) -> None:
+        """Keep the near cache coherent: apply every process' invalidations as announced.
+        Runs until cancelled; while unsubscribed, the near cache is off and empty."""
+        near = self.near
+        if near is None:
+            return
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        near.reset(live=True)
+                    elif message["type"] == "message":
+                        version, _, namespace = message["data"].decode().partition(" ")
+                        near.invalidated(namespace, int(version))
+            except (RedisError, OSError) as exc:
+                log.warning("cache.invalidations_lost", error=type(exc).__name__)
+            finally:
+                near.reset(live=False)
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(retry_s)
 
 
 def invalidate_after_commit(session: AsyncSession, *namespaces: str) -> None:

@@ -74,7 +74,11 @@ def create_engine(settings: Settings, *, url: str | None = None, **overrides: An
     return create_async_engine(async_url(database_url), **options)
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+Sessions = async_sessionmaker[AsyncSession]
+"""What opens sessions: handed to code that needs the database only sometimes (cache misses)."""
+
+
+def create_sessionmaker(engine: AsyncEngine) -> Sessions:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 

@@ -64,7 +64,9 @@ class Resources:
             engine=engine,
             sessionmaker=db.create_sessionmaker(engine),
             redis=redis,
-            cache=Cache(redis, enabled=settings.cache_enabled),
+            cache=Cache(
+                redis, enabled=settings.cache_enabled, local_ttl_s=settings.cache_local_ttl_s
+            ),
             limiter=RateLimiter(redis),
             policies=RateLimitPolicies.from_settings(settings),
             trusted_proxies=parse_networks(settings.trusted_proxies),

@@ -10,7 +10,8 @@ from pydantic import AwareDatetime
 
 from steward.accounts.deps import RateLimited
 from steward.platform.api import API_V1
-from steward.platform.deps import Cache, Session, Settings
+from steward.platform.db import session_scope
+from steward.platform.deps import Session, resources_of
 from steward.platform.pagination import Cursor, Limit, Page
 from steward.todos import service
 from steward.todos.deps import (
@@ -72,9 +73,7 @@ async def create_todo(
             responses=_AUTH, response_model=Page[TodoRead])  # fmt: skip
 async def list_todos(
     principal: TodosReader,
-    session: Session,
-    cache: Cache,
-    settings: Settings,
+    request: Request,
     limit: Limit = 20,
     cursor: Cursor = None,
     done: bool | None = None,
@@ -91,36 +90,44 @@ async def list_todos(
         tags=tuple(t.strip().lower() for t in tag),
         q=q,
     )
+    # The list a client opens with is the hottest read of all: it comes from the cache and
+    # takes no database session unless it misses, so this route opens its own.
+    resources = resources_of(request)
     if cursor is None and filters == service.TodoFilter() and sort is TodoSort.CREATED_DESC:
         page = await service.first_page_cached(
-            session, cache, owner_id=owner_of(principal), limit=limit, ttl_s=settings.cache_ttl_s
+            resources.sessionmaker,
+            resources.cache,
+            owner_id=owner_of(principal),
+            limit=limit,
+            ttl_s=resources.settings.cache_ttl_s,
         )
         # Built from validated rows when it was cached: sent as is, without a second
         # validation and serialisation of every item on each hit.
         return Response(orjson.dumps(page), media_type="application/json")
-    todos, next_cursor = await service.list_todos(
-        session,
-        owner_id=owner_of(principal),
-        filters=filters,
-        sort=sort,
-        limit=limit,
-        cursor=cursor,
-    )
-    return Page(items=[TodoRead.model_validate(t) for t in todos], next_cursor=next_cursor)
+    async with session_scope(resources.sessionmaker) as session:
+        todos, next_cursor = await service.list_todos(
+            session,
+            owner_id=owner_of(principal),
+            filters=filters,
+            sort=sort,
+            limit=limit,
+            cursor=cursor,
+        )
+        return Page(items=[TodoRead.model_validate(t) for t in todos], next_cursor=next_cursor)
 
 
 @router.get("/{todo_id}", summary="Read one own todo, with its ETag (scope todos:read)",
             responses=_ONE)  # fmt: skip
 async def read_todo(
-    todo_id: TodoId,
-    principal: TodosReader,
-    session: Session,
-    cache: Cache,
-    settings: Settings,
-    response: Response,
+    todo_id: TodoId, principal: TodosReader, request: Request, response: Response
 ) -> TodoRead:
+    resources = resources_of(request)
     body = await service.read_cached(
-        session, cache, owner_id=owner_of(principal), todo_id=todo_id, ttl_s=settings.cache_ttl_s
+        resources.sessionmaker,
+        resources.cache,
+        owner_id=owner_of(principal),
+        todo_id=todo_id,
+        ttl_s=resources.settings.cache_ttl_s,
     )
     todo = TodoRead.model_validate(body)
     response.headers["ETag"] = f'"{todo.version}"'

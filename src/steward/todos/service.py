@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.platform.cache import MISSING, Cache
+from steward.platform.db import Sessions, session_scope
 from steward.platform.errors import NotFound, PreconditionFailed, UnprocessableContent
 from steward.platform.pagination import decode_cursor, encode_cursor, invalid_cursor
 from steward.todos.events import cache_namespace, todo_changed
@@ -309,16 +310,22 @@ async def purge_idempotency_keys(session: AsyncSession) -> int:
 
 
 async def read_cached(
-    session: AsyncSession, cache: Cache, *, owner_id: uuid.UUID, todo_id: uuid.UUID, ttl_s: float
+    sessions: Sessions, cache: Cache, *, owner_id: uuid.UUID, todo_id: uuid.UUID, ttl_s: float
 ) -> dict[str, Any]:
     """One todo as its JSON body, from the owner's cache; absent ids are cached briefly
-    too, so probing random ids does not reach the database every time."""
+    too, so probing random ids does not reach the database every time. The cached reads
+    take a sessionmaker: a hit opens no session at all."""
 
     async def load() -> Any:
-        todo = (
-            await session.execute(select(Todo).where(Todo.id == todo_id, Todo.owner_id == owner_id))
-        ).scalar_one_or_none()
-        return MISSING if todo is None else TodoRead.model_validate(todo).model_dump(mode="json")
+        async with session_scope(sessions) as session:
+            todo = (
+                await session.execute(
+                    select(Todo).where(Todo.id == todo_id, Todo.owner_id == owner_id)
+                )
+            ).scalar_one_or_none()
+            return (
+                MISSING if todo is None else TodoRead.model_validate(todo).model_dump(mode="json")
+            )
 
     body = await cache.get_or_compute(
         cache_namespace(owner_id), f"todo:{todo_id}", load, ttl_s=ttl_s, kind="todo"
@@ -330,14 +337,15 @@ async def read_cached(
 
 
 async def first_page_cached(
-    session: AsyncSession, cache: Cache, *, owner_id: uuid.UUID, limit: int, ttl_s: float
+    sessions: Sessions, cache: Cache, *, owner_id: uuid.UUID, limit: int, ttl_s: float
 ) -> dict[str, Any]:
     """The unfiltered newest-first first page, the list a client opens with."""
 
     async def load() -> Any:
-        todos, next_cursor = await list_todos(
-            session, owner_id=owner_id, filters=TodoFilter(), limit=limit
-        )
+        async with session_scope(sessions) as session:
+            todos, next_cursor = await list_todos(
+                session, owner_id=owner_id, filters=TodoFilter(), limit=limit
+            )
         return {
             "items": [TodoRead.model_validate(t).model_dump(mode="json") for t in todos],
             "next_cursor": next_cursor,
