@@ -12,6 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from steward.platform.cache import MISSING, Cache
+from steward.platform.redis import create_redis
+from steward.settings import Settings
 from tests.engines import EngineSet
 
 
@@ -127,13 +129,21 @@ async def following(cache: Cache) -> AsyncIterator[Cache]:
             await task
 
 
-async def test_near_cache_serves_repeat_reads_without_redis(redis: Redis) -> None:
-    async with following(Cache(redis, local_ttl_s=30)) as cache:
+async def test_near_cache_serves_repeat_reads_without_redis(
+    redis: Redis, settings: Settings
+) -> None:
+    # The app's client with a short socket timeout: a quiet invalidation channel must not
+    # count as a broken one (which would empty the near cache and turn it off).
+    client = create_redis(settings.model_copy(update={"redis_socket_timeout_s": 0.2}))
+    async with following(Cache(client, local_ttl_s=30)) as cache:
         compute = Counter("v", 0)
         assert await cache.get_or_compute("ns", "k", compute, ttl_s=60) == "v"
+        await asyncio.sleep(1.5)
+        assert cache.near is not None and cache.near.live
         await redis.flushdb()  # the Redis entry is gone: only the local copy can answer
         assert await cache.get_or_compute("ns", "k", compute, ttl_s=60) == "v"
         assert compute.calls == 1
+    await client.aclose()
 
 
 async def test_an_invalidation_anywhere_reaches_every_process_at_once(redis: Redis) -> None:

@@ -327,8 +327,13 @@ class Cache:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                async for message in pubsub.listen():
-                    if message["type"] == "subscribe":
+                while True:
+                    # A bounded wait, not `listen()`: a quiet channel must not trip the
+                    # client's socket timeout. The client's health checks PING it meanwhile.
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":  # also after a silent reconnect
                         near.reset(live=True)
                     elif message["type"] == "message":
                         version, _, namespace = message["data"].decode().partition(" ")
