@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     rate_limit_assistant: str = "30/minute"
     rate_limit_fail_open: bool = True
     rate_limit_login_fail_open: bool = False
+    # Requests' worth of budget a process may take from Redis in one round trip and admit
+    # locally (at most a sixteenth of what is left); 0 asks Redis on every request.
+    rate_limit_max_lease: int = Field(default=50, ge=0, le=10_000)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cache_enabled: bool = True
     cache_ttl_s: float = Field(default=60.0, gt=0)

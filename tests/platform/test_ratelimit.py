@@ -165,6 +165,58 @@ async def test_sliding_window_counts_atomically_and_recovers(
         await redis.aclose()
 
 
+async def test_leases_save_round_trips_and_never_exceed_the_limit(
+    engines: EngineSet, clean_state: None
+) -> None:
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from steward.platform.ratelimit import Policy, RateLimiter
+
+    redis = Redis.from_url(engines.redis_url)
+    round_trips = 0
+
+    def counted(limiter: RateLimiter) -> RateLimiter:
+        script = limiter._script
+
+        async def call(**kwargs: Any) -> Any:
+            nonlocal round_trips
+            round_trips += 1
+            return await script(**kwargs)
+
+        limiter._script = call  # type: ignore[assignment]
+        return limiter
+
+    try:
+        # Two processes sharing one budget, each leasing up to 50 requests at a time.
+        here, there = (
+            counted(RateLimiter(redis, max_lease=50)),
+            counted(RateLimiter(redis, max_lease=50)),
+        )
+        policy = Policy.parse("unit", "1000/hour")
+
+        async def burst() -> list[bool]:  # 100 concurrent requests on each side
+            decisions = await asyncio.gather(
+                *(limiter.hit(policy, "k") for limiter in (here, there) for _ in range(100))
+            )
+            return [d.allowed for d in decisions]
+
+        first = [allowed for _ in range(4) for allowed in await burst()]
+        assert all(first)
+        assert round_trips <= 40  # 800 requests: most were admitted from a lease
+        rest = [allowed for _ in range(4) for allowed in await burst()]
+        # Leased requests count at once, so the two together admit the limit, no more.
+        # (An hour's window: a run straddling two windows would be a 1-in-7,000 event.)
+        assert sum(first) + sum(rest) == 1000
+        here_only = [await here.hit(Policy.parse("solo", "1000/hour"), "k") for _ in range(60)]
+        # The RateLimit header still counts down one by one within a process.
+        remaining = [d.remaining for d in here_only]
+        assert remaining == list(range(999, 939, -1))
+    finally:
+        await redis.aclose()
+
+
 async def test_a_route_that_needs_redis_answers_503_while_it_is_down(
     engines: EngineSet, clean_state: None
 ) -> None:

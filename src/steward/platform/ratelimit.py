@@ -5,10 +5,17 @@ Policies are `limits` items ("600/minute"). The counting itself is one Lua scrip
 rather than the `limits` strategies: those need two scripts per request (the hit, then the
 window statistics that the RateLimit header reports), measured at p50 0.67 ms against a
 0.5 ms budget; one script answering both halves the round trips (bench/RESULTS.md).
+
+Leases: a process may take a few requests' worth of budget in one round trip and spend them
+locally (a sixteenth of what is left, at most `max_lease`). Leased requests count in Redis
+at once, so N processes together never admit more than the limit; the cost is that budget
+leased by an idle process goes unused until the window moves on. Near the limit the lease
+shrinks to the request itself, which makes the last requests of a window exact.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -39,11 +46,13 @@ _LOG_EVERY_S = 60.0
 # Sliding-window counter: the current fixed window's count plus the previous window's,
 # weighted by how much of it still overlaps the sliding window. Redis' clock decides the
 # window, so API processes with skewed clocks still agree.
-# KEYS[1] key prefix; ARGV: limit, window ms, cost. Returns {allowed, remaining, reset ms}.
+# KEYS[1] key prefix; ARGV: limit, window ms, cost, lease share, max lease.
+# Returns {allowed, remaining, reset ms, granted}: granted >= cost is counted now.
 _SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local share, most = tonumber(ARGV[4]), tonumber(ARGV[5])
 local index = math.floor(now / window)
 local current_key = KEYS[1] .. ':' .. index
 local current = tonumber(redis.call('GET', current_key) or '0')
@@ -52,12 +61,22 @@ local elapsed = now - index * window
 local used = math.floor(previous * (window - elapsed) / window) + current
 local reset = window - elapsed
 if used + cost > limit then
-  return {0, math.max(0, limit - used), reset}
+  return {0, math.max(0, limit - used), reset, 0}
 end
-redis.call('INCRBY', current_key, cost)
+local left = limit - used
+local grant = math.min(left, math.max(cost, math.min(most, math.floor(left * share))))
+redis.call('INCRBY', current_key, grant)
 redis.call('PEXPIRE', current_key, window * 2)
-return {1, limit - used - cost, reset}
+return {1, limit - used - grant, reset, grant}
 """
+_LEASE_SHARE = 1 / 16
+
+
+@dataclass(slots=True)
+class _Lease:
+    tokens: int  # requests this process may still admit without asking Redis
+    remaining: int  # the rest of the budget, as Redis counted it when the lease was taken
+    until: float  # monotonic: the end of Redis' current window, when the lease lapses
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,28 +113,92 @@ class Decision:
 class RateLimiter:
     """Counts hits per (policy, key) in Redis so that N processes enforce one limit."""
 
-    def __init__(self, redis: Redis, *, prefix: str = "steward:rl") -> None:
+    def __init__(
+        self, redis: Redis, *, prefix: str = "steward:rl", max_lease: int = 0,
+        max_leases: int = 10_000,
+    ) -> None:  # fmt: skip
         self._script = redis.register_script(_SLIDING_WINDOW)
         self._prefix = prefix
         self._last_error_log = 0.0
+        self.max_lease = max_lease
+        self._max_leases = max_leases
+        self._leases: dict[str, _Lease] = {}
+        self._pending: dict[str, asyncio.Future[bool]] = {}
 
     async def hit(self, policy: Policy, key: str, *, cost: int = 1) -> Decision:
         """Count one request against `key`; the decision says whether it may proceed."""
-        window_ms = policy.window_s * 1000
+        name = f"{self._prefix}:{policy.name}:{key}"
+        if self.max_lease <= cost:
+            return (await self._ask(policy, name, cost, lease=False))[0]
+        while True:
+            local = self._from_lease(policy, name, cost)
+            if local is not None:
+                return local
+            pending = self._pending.get(name)
+            if pending is None:
+                break
+            # One lease in flight per key and process: wait for it rather than lease again
+            # (concurrent leases would strand budget), unless it brought nothing to share.
+            if not await asyncio.shield(pending):
+                return (await self._ask(policy, name, cost, lease=False))[0]
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending[name] = future
+        shared = False
         try:
-            allowed, remaining, reset_ms = await self._script(
-                keys=[f"{self._prefix}:{policy.name}:{key}"],
-                args=[policy.item.amount, window_ms, cost],
-            )
-        except (RedisError, OSError) as exc:
-            return self._unchecked(policy, exc)
-        DECISIONS.labels(policy.name, "allowed" if allowed else "limited").inc()
+            decision, shared = await self._ask(policy, name, cost, lease=True)
+            return decision
+        finally:
+            del self._pending[name]
+            future.set_result(shared)
+
+    def _from_lease(self, policy: Policy, name: str, cost: int) -> Decision | None:
+        lease = self._leases.get(name)
+        if lease is None:
+            return None
+        left_s = lease.until - time.monotonic()
+        if lease.tokens < cost or left_s <= 0:
+            del self._leases[name]
+            return None
+        lease.tokens -= cost
+        DECISIONS.labels(policy.name, "allowed").inc()
         return Decision(
             policy=policy,
+            allowed=True,
+            remaining=lease.remaining + lease.tokens,
+            reset_s=max(1, math.ceil(left_s)),
+        )
+
+    async def _ask(
+        self, policy: Policy, name: str, cost: int, *, lease: bool
+    ) -> tuple[Decision, bool]:
+        """One round trip to Redis; the decision, and whether a lease was kept."""
+        try:
+            allowed, remaining, reset_ms, granted = await self._script(
+                keys=[name],
+                args=[policy.item.amount, policy.window_s * 1000, cost, _LEASE_SHARE,
+                      max(cost, self.max_lease) if lease else cost],
+            )  # fmt: skip
+        except (RedisError, OSError) as exc:
+            return self._unchecked(policy, exc), False
+        DECISIONS.labels(policy.name, "allowed" if allowed else "limited").inc()
+        spare = int(granted) - cost if allowed else 0
+        if spare > 0:
+            self._keep(name, spare, int(remaining), int(reset_ms) / 1000)
+        decision = Decision(
+            policy=policy,
             allowed=bool(allowed),
-            remaining=int(remaining),
+            remaining=int(remaining) + spare,
             reset_s=max(1, math.ceil(int(reset_ms) / 1000)),
         )
+        return decision, spare > 0
+
+    def _keep(self, name: str, tokens: int, remaining: int, reset_s: float) -> None:
+        now = time.monotonic()
+        if len(self._leases) >= self._max_leases:
+            self._leases = {k: v for k, v in self._leases.items() if v.until > now}
+            if len(self._leases) >= self._max_leases:
+                self._leases.clear()  # unspent leases simply lapse: never over the limit
+        self._leases[name] = _Lease(tokens=tokens, remaining=remaining, until=now + reset_s)
 
     def _unchecked(self, policy: Policy, exc: Exception) -> Decision:
         STORAGE_ERRORS.labels(policy.name).inc()

@@ -67,7 +67,7 @@ class Resources:
             cache=Cache(
                 redis, enabled=settings.cache_enabled, local_ttl_s=settings.cache_local_ttl_s
             ),
-            limiter=RateLimiter(redis),
+            limiter=RateLimiter(redis, max_lease=settings.rate_limit_max_lease),
             policies=RateLimitPolicies.from_settings(settings),
             trusted_proxies=parse_networks(settings.trusted_proxies),
             hub=Hub(redis, max_queue=settings.realtime_queue_size),
