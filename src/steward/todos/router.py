@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import AwareDatetime
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from steward.accounts.deps import RateLimited
-from steward.platform.api import API_V1
+from steward.platform.api import API_V1, QueryModel
 from steward.platform.db import session_scope
 from steward.platform.deps import Session, resources_of
-from steward.platform.pagination import Cursor, Limit, Page
+from steward.platform.pagination import Page
 from steward.todos import service
 from steward.todos.deps import (
     IdempotencyKey,
@@ -24,7 +23,7 @@ from steward.todos.deps import (
     owner_of,
 )
 from steward.todos.models import Todo
-from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
+from steward.todos.schemas import TodoCreate, TodoListQuery, TodoRead, TodoSort, TodoUpdate
 
 router = APIRouter(prefix=f"{API_V1}/todos", tags=["todos"], dependencies=[RateLimited])
 
@@ -69,26 +68,24 @@ async def create_todo(
     return body
 
 
+_LIST_QUERY = QueryModel(TodoListQuery)
+
+
 @router.get("", summary="List own todos, newest first by default (scope todos:read)",
-            responses=_AUTH, response_model=Page[TodoRead])  # fmt: skip
+            responses=_AUTH, response_model=Page[TodoRead],
+            openapi_extra=_LIST_QUERY.openapi_extra)  # fmt: skip
 async def list_todos(
     principal: TodosReader,
     request: Request,
-    limit: Limit = 20,
-    cursor: Cursor = None,
-    done: bool | None = None,
-    due_before: AwareDatetime | None = None,
-    due_after: AwareDatetime | None = None,
-    tag: Annotated[list[str], Query(max_length=10, description="all must match")] = [],  # noqa: B006
-    q: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    sort: TodoSort = TodoSort.CREATED_DESC,
+    query: Annotated[TodoListQuery, Depends(_LIST_QUERY)],
 ) -> Page[TodoRead] | Response:
+    limit, cursor, sort = query.limit, query.cursor, query.sort
     filters = service.TodoFilter(
-        done=done,
-        due_before=due_before,
-        due_after=due_after,
-        tags=tuple(t.strip().lower() for t in tag),
-        q=q,
+        done=query.done,
+        due_before=query.due_before,
+        due_after=query.due_after,
+        tags=tuple(t.strip().lower() for t in query.tag),
+        q=query.q,
     )
     # The list a client opens with is the hottest read of all: it comes from the cache and
     # takes no database session unless it misses, so this route opens its own.

@@ -75,3 +75,20 @@ class TodoSort(StrEnum):
     DUE_DESC = "-due_at"
     PRIORITY = "priority"
     PRIORITY_DESC = "-priority"
+
+
+class TodoListQuery(BaseModel):
+    """The todo list's query parameters."""
+
+    limit: int = Field(20, ge=1, le=100, description="page size (1-100)")
+    cursor: str | None = Field(
+        None, max_length=512, description="`next_cursor` from the previous page"
+    )
+    done: bool | None = Field(None, description="only done (true) or open (false) todos")
+    due_before: AwareDatetime | None = Field(None, description="due before this instant")
+    due_after: AwareDatetime | None = Field(None, description="due after this instant")
+    tag: list[str] = Field([], max_length=10, description="all must match")
+    q: str | None = Field(
+        None, min_length=1, max_length=200, description="text in the title or description"
+    )
+    sort: TodoSort = Field(TodoSort.CREATED_DESC, description="order of the list")
