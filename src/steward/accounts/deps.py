@@ -200,8 +200,38 @@ async def optional_principal(
     Every authenticated call resolves this, so it is kept flat: settings and the token
     policy come from the app, and a database session is opened only when the principal is
     not cached (each dependency FastAPI resolves costs about 10 us; a session dependency
-    several times that)."""
-    return await resolve_principal(request, token, api_key)
+    several times that). The result is kept on the request for `authenticate()`."""
+    scope = request.scope
+    if _PRINCIPAL not in scope:
+        scope[_PRINCIPAL] = await resolve_principal(request, token, api_key)
+    principal: Principal | None = scope[_PRINCIPAL]
+    return principal
+
+
+# Kept in the request's own scope, not its `state`: servers may share one state dict
+# (lifespan state) between requests.
+_PRINCIPAL = "steward.principal"
+
+
+def credentials(connection: HTTPConnection) -> tuple[str | None, str | None]:
+    """The bearer token and API key a connection sent, read as the security schemes do.
+    A WebSocket may pass its token as `access_token` (a browser's cannot send headers)."""
+    scheme, _, param = connection.headers.get("authorization", "").partition(" ")
+    token = param.strip() if scheme.lower() == "bearer" else None
+    if not token and connection.scope["type"] == "websocket":
+        token = connection.query_params.get("access_token")
+    return token or None, connection.headers.get("x-api-key") or None
+
+
+async def authenticate(connection: HTTPConnection) -> Principal | None:
+    """The caller of this request, resolved once per request whoever asks first: for code
+    that needs it without declaring the dependency (the router-wide rate limit), where the
+    dependency would cost FastAPI another resolution of its whole sub-tree."""
+    scope = connection.scope
+    if _PRINCIPAL not in scope:
+        scope[_PRINCIPAL] = await resolve_principal(connection, *credentials(connection))
+    principal: Principal | None = scope[_PRINCIPAL]
+    return principal
 
 
 async def resolve_principal(
@@ -339,8 +369,9 @@ async def limit(
     enforce(decision)
 
 
-async def limit_requests(request: Request, principal: OptionalPrincipal) -> None:
+async def limit_requests(request: Request) -> None:
     """The general limit: per user or API key when authenticated, else per client IP."""
+    principal = await authenticate(request)
     policies = resources_of(request).policies
     await limit(request, policies.anonymous if principal is None else policies.authenticated,
                 principal)  # fmt: skip
@@ -378,15 +409,11 @@ RateLimited = Depends(limit_requests)
 
 
 async def authenticate_connection(connection: HTTPConnection) -> Principal:
-    """The principal of a WebSocket (or any connection) outside FastAPI's dependency system:
+    """The principal of a WebSocket (or any connection), outside FastAPI's dependency system:
     bearer token from the Authorization header or the `access_token` query parameter (a
     browser's WebSocket cannot send headers), or an `x-api-key` header. The database session
     it may need is closed again before this returns (as for every caller)."""
-    header = connection.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    token = token or connection.query_params.get("access_token")
-    api_key = connection.headers.get("x-api-key")
-    principal = await resolve_principal(connection, token, api_key)
+    principal = await authenticate(connection)
     if principal is None:
         raise Unauthorized("authentication required: send a bearer token or an x-api-key")
     return principal

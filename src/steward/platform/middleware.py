@@ -89,7 +89,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope["headers"]) or new_request_id()
-        state = scope.setdefault("state", {})
+        # A dict of this request's own: what we keep in it (request id, user id, headers
+        # for the response) must never leak to a concurrent request, even under a server
+        # that hands every request the same lifespan state.
+        state = scope["state"] = dict(scope.get("state", {}))
         state["request_id"] = request_id
         ip = client_ip(scope, self.trusted_proxies)
         state["client_ip"] = ip
