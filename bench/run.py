@@ -225,12 +225,19 @@ def http_benchmarks(
         "steward-nolimit": Server(
             "steward-nolimit", [], {**steward_env, "RATE_LIMIT_ENABLED": "false"}, free_port()
         ),
+        # Redis on every request: no near cache, no rate-limit leases.
+        "steward-exact": Server(
+            "steward-exact",
+            [],
+            {**steward_env, "CACHE_LOCAL_TTL_S": "0", "RATE_LIMIT_MAX_LEASE": "0"},
+            free_port(),
+        ),
     }
     servers["raw-asgi"].argv = uvicorn_argv("bench.baselines:raw_asgi", servers["raw-asgi"].port)
     servers["bare-fastapi"].argv = uvicorn_argv(
         "bench.baselines:bare_fastapi", servers["bare-fastapi"].port
     )
-    for name in ("steward", "steward-nocache", "steward-nolimit"):
+    for name in ("steward", "steward-nocache", "steward-nolimit", "steward-exact"):
         servers[name].argv = [PYTHON, "-m", "steward", "api", "--port", str(servers[name].port)]
 
     with (
@@ -239,6 +246,7 @@ def http_benchmarks(
         serve(servers["steward"]),
         serve(servers["steward-nocache"]),
         serve(servers["steward-nolimit"]),
+        serve(servers["steward-exact"]),
     ):
         auth = {"Authorization": f"Bearer {seed_user(servers['steward'].base)}"}
         scenarios = [
@@ -253,6 +261,10 @@ def http_benchmarks(
                      "/api/v1/todos?limit=20", 50, auth),
             Scenario("Steward GET /api/v1/users/me, rate limiter off", "steward-nolimit",
                      "/api/v1/users/me", 50, auth),
+            Scenario("Steward GET /api/v1/users/me, Redis every request", "steward-exact",
+                     "/api/v1/users/me", 50, auth),
+            Scenario("Steward GET /api/v1/todos?limit=20, Redis every request", "steward-exact",
+                     "/api/v1/todos?limit=20", 50, auth),
             Scenario("Steward GET /api/v1/todos?limit=20, burst", "steward",
                      "/api/v1/todos?limit=20", 200, auth),
         ]  # fmt: skip
@@ -345,7 +357,8 @@ def write_results(
         ),
         "```",
         "",
-        "Rate-limit check in process (`RateLimiter.hit`: one sliding-window Lua script, one "
+        "Rate-limit check in process without leases (`RateLimiter.hit`: one sliding-window "
+        "Lua script, one "
         f"Redis round trip), {3000} sequential calls: p50 {limiter['check_p50_ms']:.3f} ms, "
         f"p99 {limiter['check_p99_ms']:.3f} ms; a bare Redis PING on the same pool: p50 "
         f"{limiter['ping_p50_ms']:.3f} ms, p99 {limiter['ping_p99_ms']:.3f} ms.",
@@ -358,8 +371,11 @@ def write_results(
         "- Steward: `steward api` with ENVIRONMENT=prod, JSON logs at INFO (access log on, "
         "written to a file), metrics, request id, security headers, body limit, rate limits "
         "checked on every API call (authenticated budget raised so the load is counted, never "
-        "refused), Redis cache on; `steward-nocache` sets CACHE_ENABLED=false, "
-        "`steward-nolimit` RATE_LIMIT_ENABLED=false",
+        "refused; leases of up to 50 requests), Redis cache and near cache on; "
+        "`steward-nocache` sets CACHE_ENABLED=false, `steward-nolimit` "
+        "RATE_LIMIT_ENABLED=false, `steward-exact` CACHE_LOCAL_TTL_S=0 and "
+        "RATE_LIMIT_MAX_LEASE=0 (a Redis round trip for the principal, the limit and the page "
+        "on every request, as before the near cache and leases)",
         "",
     ]
     update_results("HTTP", lines)
