@@ -199,3 +199,33 @@ async def test_near_cache_is_off_while_invalidations_cannot_be_followed() -> Non
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await down.aclose()
+
+
+async def test_one_caller_reads_a_cold_or_expired_key_while_the_others_wait_or_use_it(
+    redis: Redis,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def lookups(result: str) -> float:
+        labels = {"kind": "refresh", "result": result}
+        return REGISTRY.get_sample_value("steward_cache_lookups_total", labels) or 0.0
+
+    async with following(Cache(redis, local_ttl_s=0.2)) as cache:
+        # Cold: fifty callers at once share one read (and one computation).
+        compute, misses, local = Counter("v", 0), lookups("miss"), lookups("local")
+        cold = await asyncio.gather(
+            *(cache.get_or_compute("ns", "k", compute, ttl_s=60, kind="refresh")
+              for _ in range(50))
+        )  # fmt: skip
+        assert cold == ["v"] * 50
+        assert compute.calls == 1
+        assert (lookups("miss") - misses, lookups("local") - local) == (1, 49)
+        await asyncio.sleep(0.3)  # the local copy is past its age; the Redis entry is fresh
+        from_redis, local = lookups("hit"), lookups("local")
+        results = await asyncio.gather(
+            *(cache.get_or_compute("ns", "k", Counter("x", 0), ttl_s=60, kind="refresh")
+              for _ in range(50))
+        )  # fmt: skip
+        assert results == ["v"] * 50
+        assert lookups("hit") - from_redis == 1  # one round trip, not fifty
+        assert lookups("local") - local == 49

@@ -44,6 +44,7 @@ RECOMPUTE_SECONDS = Histogram(
 )
 
 MISSING: Final = object()
+_FAILED: Final = object()  # a shared read that raised or was cancelled: read again yourself
 """Returned (and cached, briefly) when the computed value does not exist."""
 
 _PENDING_KEY = "steward.cache_invalidations"
@@ -77,9 +78,16 @@ Compute = Callable[[], Awaitable[Any]]
 @dataclass(slots=True)
 class _Copy:
     version: int
-    fresh_until: float  # wall clock, from the Redis entry
-    expires: float  # monotonic: the near cache's own limit on a copy's age
+    until: float  # monotonic: the Redis entry's freshness, capped by the near cache's max age
     value: Any
+    refreshing: bool = False
+
+
+# How long an expired copy may still be served while one caller refreshes it from Redis.
+# Without it, every request in flight misses at the same instant when a hot copy expires,
+# and redis-py hands its pool's lock to those callers one loop iteration at a time: 50 of
+# them queued for up to 1.3 s behind a busy loop (measured, /users/me at 3k req/s).
+_REFRESH_GRACE_S = 1.0
 
 
 class NearCache:
@@ -105,9 +113,14 @@ class NearCache:
         copy = copies.get(key) if copies is not None else None
         if copy is None:
             return None
-        if copy.expires <= time.monotonic() or copy.fresh_until <= time.time():
-            del copies[key]  # type: ignore[union-attr]
-            return None
+        now = time.monotonic()
+        if copy.until <= now:
+            if copy.until + _REFRESH_GRACE_S <= now:
+                del copies[key]  # type: ignore[union-attr]
+                return None
+            if not copy.refreshing:
+                copy.refreshing = True  # this caller reads Redis; the others are served
+                return None
         self._copies.move_to_end(namespace)
         return copy
 
@@ -123,8 +136,9 @@ class NearCache:
                 self._copies.popitem(last=False)
         else:
             self._copies.move_to_end(namespace)
-        expires = time.monotonic() + self.max_age_s
-        copies[key] = _Copy(version, fresh_until, expires, value)
+        now = time.monotonic()
+        until = now + min(self.max_age_s, fresh_until - time.time())
+        copies[key] = _Copy(version, until, value)
 
     def invalidated(self, namespace: str, version: int) -> None:
         """`namespace` moved to `version`: its copies go, older reads may not be kept."""
@@ -174,6 +188,7 @@ class Cache:
         self._invalidate = redis.register_script(_INVALIDATE_SCRIPT)
         self.channel = f"{prefix}:invalidations"
         self.near = NearCache(max_age_s=local_ttl_s) if enabled and local_ttl_s > 0 else None
+        self._flights: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     def _version_key(self, namespace: str) -> str:
         return f"{self._prefix}:ver:{namespace}"
@@ -197,13 +212,52 @@ class Cache:
         if not self.enabled:
             return await compute()
         near = self.near if self.near is not None and self.near.live else None
-        epoch = 0
-        if near is not None:
-            copy = near.get(namespace, key)
-            if copy is not None:
-                LOOKUPS.labels(kind, "negative" if copy.value is MISSING else "local").inc()
-                return copy.value
-            epoch = near.epoch
+        if near is None:
+            return await self._read_through(
+                namespace, key, compute, ttl_s, stale_s, negative_ttl_s, kind, None, 0
+            )
+        copy = near.get(namespace, key)
+        if copy is not None:
+            LOOKUPS.labels(kind, "negative" if copy.value is MISSING else "local").inc()
+            return copy.value
+        # One read per key in flight in this process; concurrent callers share its result
+        # (a cold or expired hot key would otherwise send every request in flight to Redis
+        # at once, where redis-py queues them on its pool's lock).
+        flight = (namespace, key)
+        pending = self._flights.get(flight)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not _FAILED:
+                LOOKUPS.labels(kind, "negative" if shared is MISSING else "local").inc()
+                return shared
+            return await self._read_through(
+                namespace, key, compute, ttl_s, stale_s, negative_ttl_s, kind, near, near.epoch
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._flights[flight] = future
+        outcome: Any = _FAILED
+        try:
+            outcome = await self._read_through(
+                namespace, key, compute, ttl_s, stale_s, negative_ttl_s, kind, near, near.epoch
+            )
+            return outcome
+        finally:
+            del self._flights[flight]
+            future.set_result(outcome)
+
+    async def _read_through(
+        self,
+        namespace: str,
+        key: str,
+        compute: Compute,
+        ttl_s: float,
+        stale_s: float,
+        negative_ttl_s: float,
+        kind: str,
+        near: NearCache | None,
+        epoch: int,
+    ) -> Any:
+        """Redis, then `compute()` under the lock; keeps a copy in `near` when given."""
         head = f"{self._prefix}:{namespace}:"
         try:
             version_raw, raw = await self._read(
