@@ -20,6 +20,9 @@ async def test_versions_activate_and_roll_back_and_runs_record_them(
     admin = await make_admin(client, app)
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
+    # The built-in prompt first: the active prompt is cached, and each change below must
+    # reach the very next run.
+    assert (await ask(client, alice, conversation, "hi")).json()["run"]["prompt_version"] == 0
 
     first = await client.post(PROMPTS, headers=admin.headers, json={
         "name": "assistant", "template": "V1 for $user_name", "variables": ["user_name"],

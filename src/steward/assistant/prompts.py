@@ -7,11 +7,13 @@ import string
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant.models import PromptTemplate
+from steward.platform.cache import Cache, invalidate_after_commit
 from steward.platform.errors import Conflict, NotFound, UnprocessableContent
 
 KNOWN_VARIABLES = {
@@ -58,16 +60,28 @@ def _check(template: str, variables: list[str]) -> None:
         )
 
 
-async def active(session: AsyncSession, *, name: str) -> ActivePrompt:
-    """The active version of `name`, else the built-in prompt (version 0)."""
-    row = (
-        await session.execute(
-            select(PromptTemplate).where(PromptTemplate.name == name, PromptTemplate.active)
-        )
-    ).scalar_one_or_none()
-    if row is None:
-        return ActivePrompt(name=name, version=BUILTIN_VERSION, template=BUILTIN_TEMPLATE)
-    return ActivePrompt(name=row.name, version=row.version, template=row.template)
+async def active(session: AsyncSession, *, name: str, cache: Cache | None = None) -> ActivePrompt:
+    """The active version of `name`, else the built-in prompt (version 0). Read through
+    `cache` when given: every interactive run needs it before its provider call."""
+
+    async def load() -> dict[str, Any]:
+        row = (
+            await session.execute(
+                select(PromptTemplate).where(PromptTemplate.name == name, PromptTemplate.active)
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            return {"name": name, "version": BUILTIN_VERSION, "template": BUILTIN_TEMPLATE}
+        return {"name": row.name, "version": row.version, "template": row.template}
+
+    if cache is None:
+        return ActivePrompt(**await load())
+    found = await cache.get_or_compute(_namespace(name), "active", load, ttl_s=300, kind="prompt")
+    return ActivePrompt(**found)
+
+
+def _namespace(name: str) -> str:
+    return f"prompt:{name}"
 
 
 async def versions(session: AsyncSession, *, name: str) -> list[PromptTemplate]:
@@ -134,6 +148,7 @@ async def _activate(session: AsyncSession, *, name: str, version: int) -> Prompt
     await session.flush()
     row.active = True
     await session.flush()
+    invalidate_after_commit(session, _namespace(name))
     return row
 
 

@@ -218,6 +218,7 @@ async def _plan(
         prompt_name=settings.assistant_prompt_name,
         max_input_tokens=settings.assistant_max_input_tokens,
         background=body.background,
+        cache=resources.cache,
     )
 
 

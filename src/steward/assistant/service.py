@@ -17,6 +17,7 @@ from steward.assistant.models import Conversation, Message, Run, RunStatus, Usag
 from steward.assistant.providers import Provider, Usage
 from steward.assistant.resilience import Providers
 from steward.assistant.schemas import MessageRead, RunRead, UsageRead
+from steward.platform.cache import Cache
 from steward.platform.errors import PROBLEM_BASE, NotFound, QuotaExceeded, UnprocessableContent
 from steward.platform.pagination import newest_first
 
@@ -203,6 +204,7 @@ async def start_run(
     prompt_name: str,
     max_input_tokens: int,
     background: bool,
+    cache: Cache | None = None,
 ) -> tuple[Plan, Preloaded | None]:
     """Check the message fits, store it and its run; the caller commits, then executes.
     A background run waits "queued" for a worker to claim it; an interactive one starts
@@ -213,7 +215,7 @@ async def start_run(
             f"the message is about {single} tokens; the limit is {max_input_tokens}",
             errors=[{"loc": ["body", "content"], "msg": "too many tokens", "type": "too_long"}],
         )
-    prompt = await prompts.active(session, name=prompt_name)
+    prompt = await prompts.active(session, name=prompt_name, cache=cache)
     system = {"role": "system", "content": prompt.render(user_name=user_name)}
     tool_schemas = [tool.schema() for tool in tools.available(scopes)]
     budget = input_budget(provider) - tokens.count_tools(tool_schemas, model)
