@@ -311,3 +311,47 @@ async def test_conversations_are_listed_renamed_and_deleted_with_their_runs(
     assert (await client.get(f"{base}/{first}", headers=alice.headers)).status_code == 404
     gone = await client.get(f"/api/v1/assistant/runs/{run_id}", headers=alice.headers)
     assert gone.status_code == 404
+
+
+async def test_a_run_whose_request_fails_to_commit_stops_and_leaves_nothing(
+    client: httpx.AsyncClient, app: Any, fake: ServedFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider call starts while the request commits the run; if that commit fails,
+    the call is stopped and nothing about the run is stored or left running."""
+    import asyncio
+    import uuid
+
+    from steward.assistant import service
+    from steward.assistant.models import Message, Run, UsageDay
+
+    alice = await make_account(client)
+    conversation = await new_conversation(client, alice)
+    start_run = service.start_run
+
+    async def start_run_then_break_the_commit(session: Any, **kwargs: Any) -> Any:
+        planned = await start_run(session, **kwargs)
+        # A row that cannot be inserted: the commit that stores the run fails with it.
+        session.add(Message(conversation_id=uuid.uuid4(), role="user", content="orphan"))
+        return planned
+
+    monkeypatch.setattr(service, "start_run", start_run_then_break_the_commit)
+    fake.script(Script(text="a long reply " * 50, delay_s=0.02))  # 150 tokens
+    response = await ask(client, alice, conversation, "hello")
+    assert response.status_code == 500
+    # The reply would take 3 s; the run was stopped instead of streaming to nobody.
+    running = list(app.state.active_runs._tasks.values())
+    if running:
+        _, still = await asyncio.wait(running, timeout=1.0)
+        assert not still
+    async with app.state.resources.transaction() as session:
+        from sqlalchemy import func, select
+
+        assert await session.scalar(select(func.count()).select_from(Run)) == 0
+        count = (
+            select(func.count())
+            .select_from(Message)
+            .where(Message.conversation_id == uuid.UUID(conversation))
+        )
+        assert await session.scalar(count) == 0
+        # Nor was any usage recorded for it.
+        assert await session.scalar(select(func.count()).select_from(UsageDay)) == 0

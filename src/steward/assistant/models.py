@@ -20,7 +20,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from steward.platform.db import Base, new_id
 
@@ -61,6 +61,8 @@ class Message(Base):
         ForeignKey("conversations.id", ondelete="CASCADE")
     )
     run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    # Only so that one flush inserts a new run before its user message; never loaded.
+    run: Mapped[Run | None] = relationship(lazy="raise")
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text, server_default="")
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)

@@ -256,9 +256,16 @@ async def post_message(
             media_type="application/json",
             headers={"Location": f"{API_V1}/assistant/runs/{plan.run_id}"},
         )
-    # The run executes in its own task and transactions: they must see it committed.
-    await session.commit()
-    live = runs.start(resources, plan, preloaded)
+    # The provider call starts now; the run's rows are committed meanwhile (the run's own
+    # writes wait for this commit, and a failed commit stops the run unrecorded).
+    committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    live = runs.start(resources, plan, preloaded, committed)
+    try:
+        await session.commit()
+    except BaseException:
+        committed.set_result(False)
+        raise
+    committed.set_result(True)
     if _wants_stream(request):
         return EventSourceResponse(_live_events(live), ping=PING_S, headers=STREAM_HEADERS)
     async for _ in live.events():

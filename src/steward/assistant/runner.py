@@ -100,11 +100,18 @@ class Execution:
     """One run's loop. Keeps what it needs to close the run whatever happens."""
 
     def __init__(
-        self, resources: Resources, plan: service.Plan, preloaded: service.Preloaded | None = None
+        self,
+        resources: Resources,
+        plan: service.Plan,
+        preloaded: service.Preloaded | None = None,
+        committed: asyncio.Future[bool] | None = None,
     ) -> None:
         self.resources = resources
         self.plan = plan
         self.preloaded = preloaded
+        # Set when the request that stored the run has committed (True) or failed (False);
+        # None when the run was committed before it started (background runs).
+        self.committed = committed
         # The answer's last message is stored with the run's end, in one transaction.
         self.final_text: str | None = None
         self.usage = Usage(0, 0, 0)
@@ -238,6 +245,7 @@ class Execution:
                     "role": "tool", "tool_call_id": call["id"], "name": function["name"],
                     "content": tools.encode(result),
                 })  # fmt: skip
+            await self.stored()  # False: the run is being cancelled (see drive)
             async with self.resources.transaction() as session:
                 await service.add_message(session, plan=plan, role="assistant", content=text,
                                           tool_calls=calls)  # fmt: skip
@@ -252,8 +260,15 @@ class Execution:
         if self.first_token_at is None:
             self.first_token_at = datetime.now(UTC)
 
+    async def stored(self) -> bool:
+        """Whether the run's rows exist: writes about the run wait for its request's commit
+        (the provider call does not; it starts while the request commits)."""
+        return True if self.committed is None else await asyncio.shield(self.committed)
+
     async def close(self, status: RunStatus, error: dict[str, Any] | None) -> RunStatus:
         """Record the end of the run; a cancel that got there first wins."""
+        if not await self.stored():
+            return status  # its request failed to store it: nothing to record
         won = False
         try:
             async with self.resources.transaction() as session:
@@ -292,12 +307,18 @@ class ActiveRuns:
         self._tasks: dict[uuid.UUID, asyncio.Task[RunStatus | None]] = {}
 
     def start(
-        self, resources: Resources, plan: service.Plan, preloaded: service.Preloaded | None
+        self,
+        resources: Resources,
+        plan: service.Plan,
+        preloaded: service.Preloaded | None,
+        committed: asyncio.Future[bool] | None = None,
     ) -> LiveRun:
-        """Execute `plan` in its own task; its events go to the stream and to the LiveRun."""
+        """Execute `plan` in its own task; its events go to the stream and to the LiveRun.
+        With `committed`, the run may start before its rows are committed (see drive)."""
         queue: asyncio.Queue[tuple[str | None, RunEvent] | None] = asyncio.Queue()
         task = asyncio.create_task(
-            drive(resources, plan, queue, preloaded=preloaded), name=f"run-{plan.run_id}"
+            drive(resources, plan, queue, preloaded=preloaded, committed=committed),
+            name=f"run-{plan.run_id}",
         )
         self._tasks[plan.run_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(plan.run_id, None))
@@ -392,16 +413,24 @@ async def drive(
     deliver: asyncio.Queue[tuple[str | None, RunEvent] | None] | None = None,
     *,
     preloaded: service.Preloaded | None = None,
+    committed: asyncio.Future[bool] | None = None,
 ) -> RunStatus | None:
     """Execute `plan` to the end: every event to the run's stream (and to `deliver`), while
-    watching for a cancel asked from anywhere. Returns the final status."""
+    watching for a cancel asked from anywhere. Returns the final status.
+
+    With `committed`, the provider call starts while the request that stored the run is
+    still committing: the wait for the first token hides the commit's round trips. Writes
+    about the run wait for it, and if it fails the run stops without being recorded."""
     stream = run_log(resources)
-    execution = Execution(resources, plan, preloaded)
+    execution = Execution(resources, plan, preloaded, committed)
     current = asyncio.current_task()
     ACTIVE.inc()
     started = time.perf_counter()
 
     async def watch() -> None:
+        if not await execution.stored() and current is not None:
+            current.cancel()
+            return
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
             with contextlib.suppress(Exception):

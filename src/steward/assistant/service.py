@@ -18,6 +18,7 @@ from steward.assistant.providers import Provider, Usage
 from steward.assistant.resilience import Providers
 from steward.assistant.schemas import MessageRead, RunRead, UsageRead
 from steward.platform.cache import Cache
+from steward.platform.db import new_id
 from steward.platform.errors import PROBLEM_BASE, NotFound, QuotaExceeded, UnprocessableContent
 from steward.platform.pagination import newest_first
 
@@ -206,9 +207,10 @@ async def start_run(
     background: bool,
     cache: Cache | None = None,
 ) -> tuple[Plan, Preloaded | None]:
-    """Check the message fits, store it and its run; the caller commits, then executes.
+    """Check the message fits, store it and its run; the caller commits and executes.
     A background run waits "queued" for a worker to claim it; an interactive one starts
-    "running" here, with its prompt and history handed over."""
+    "running" here, with its prompt and history handed over, its rows added to the session
+    but not yet flushed."""
     single = tokens.count_text(content, model)
     if single > max_input_tokens:
         raise UnprocessableContent(
@@ -226,7 +228,11 @@ async def start_run(
             f"{provider.name}/{model} allows {budget} for input",
             errors=[{"loc": ["body", "content"], "msg": "too many tokens", "type": "too_long"}],
         )
+    # Read before the writes below: an interactive run's writes are not flushed here, they
+    # go with the commit, which the caller overlaps with the provider call.
+    past = None if background else await history(session, conversation_id=conversation.id)
     run = Run(
+        id=new_id(),
         conversation_id=conversation.id,
         owner_id=user_id,
         api_key_id=api_key_id,
@@ -240,14 +246,12 @@ async def start_run(
         prompt_version=prompt.version,
     )
     session.add(run)
-    await session.flush()
     session.add(
-        Message(conversation_id=conversation.id, run_id=run.id, role="user", content=content)
+        Message(conversation_id=conversation.id, run=run, role="user", content=content)
     )
-    await session.execute(
-        update(Conversation).where(Conversation.id == conversation.id).values(updated_at=_now())
-    )
-    await session.flush()
+    conversation.updated_at = _now()
+    if background:
+        await session.flush()
     plan = Plan(
         run_id=run.id,
         conversation_id=conversation.id,
@@ -259,11 +263,9 @@ async def start_run(
         model=model,
         prompt_name=prompt_name,
     )
-    if background:
+    if past is None:
         return plan, None
-    return plan, Preloaded(
-        prompt=prompt, history=await history(session, conversation_id=conversation.id)
-    )
+    return plan, Preloaded(prompt=prompt, history=[*past, {"role": "user", "content": content}])
 
 
 async def claim_run(session: AsyncSession, *, run_id: uuid.UUID, streamed: bool | None) -> str:
