@@ -246,9 +246,7 @@ async def start_run(
         prompt_version=prompt.version,
     )
     session.add(run)
-    session.add(
-        Message(conversation_id=conversation.id, run=run, role="user", content=content)
-    )
+    session.add(Message(conversation_id=conversation.id, run=run, role="user", content=content))
     conversation.updated_at = _now()
     if background:
         await session.flush()
