@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -229,3 +230,17 @@ async def test_one_caller_reads_a_cold_or_expired_key_while_the_others_wait_or_u
         assert results == ["v"] * 50
         assert lookups("hit") - from_redis == 1  # one round trip, not fifty
         assert lookups("local") - local == 49
+
+
+def test_near_cache_memory_is_bounded() -> None:
+    from steward.platform.cache import NearCache
+
+    near = NearCache(max_age_s=60, max_namespaces=3, max_per_namespace=4)
+    near.reset(live=True)
+    fresh = time.time() + 60
+    for n in range(5):
+        for k in range(10):
+            near.put(f"ns{n}", f"k{k}", version=0, epoch=near.epoch, fresh_until=fresh, value=k)
+    assert [near.get("ns4", f"k{k}") is not None for k in range(10)] == [False] * 6 + [True] * 4
+    assert near.get("ns0", "k9") is None and near.get("ns1", "k9") is None  # evicted
+    assert near.get("ns2", "k9") is not None

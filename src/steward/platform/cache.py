@@ -91,7 +91,8 @@ _REFRESH_GRACE_S = 1.0
 
 
 class NearCache:
-    """This process' copies of Redis entries, by namespace, least recently used dropped first.
+    """This process' copies of Redis entries, by namespace, least recently used dropped first
+    (namespaces, and the oldest copy within one past `max_per_namespace`).
 
     A copy is stored only if nothing made it stale while it was being read: `floors` holds
     the newest version announced per namespace, and `epoch` moves whenever announcements may
@@ -100,9 +101,12 @@ class NearCache:
     `max_age_s` bounds a copy's life even if the subscription dies without an error.
     """
 
-    def __init__(self, *, max_age_s: float, max_namespaces: int = 10_000) -> None:
+    def __init__(
+        self, *, max_age_s: float, max_namespaces: int = 10_000, max_per_namespace: int = 64
+    ) -> None:
         self.max_age_s = max_age_s
         self.max_namespaces = max_namespaces
+        self.max_per_namespace = max_per_namespace
         self.live = False
         self.epoch = 0
         self._copies: OrderedDict[str, dict[str, _Copy]] = OrderedDict()
@@ -138,7 +142,10 @@ class NearCache:
             self._copies.move_to_end(namespace)
         now = time.monotonic()
         until = now + min(self.max_age_s, fresh_until - time.time())
+        copies.pop(key, None)
         copies[key] = _Copy(version, until, value)
+        if len(copies) > self.max_per_namespace:  # e.g. one user reading many todos
+            del copies[next(iter(copies))]
 
     def invalidated(self, namespace: str, version: int) -> None:
         """`namespace` moved to `version`: its copies go, older reads may not be kept."""
