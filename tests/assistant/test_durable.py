@@ -172,6 +172,21 @@ async def _wait_for(http: httpx.AsyncClient, account: Account, run_id: str,
         await asyncio.sleep(0.1)
 
 
+async def _ask_in_background(
+    http: httpx.AsyncClient, base: Any, celery: Celery, content: str,
+    headers: dict[str, str] | None = None,
+) -> tuple[Account, httpx.Response]:  # fmt: skip
+    """A new user's message with `background: true`, its task sent through `celery`."""
+    base.app.dependency_overrides[celery_app] = lambda: celery
+    alice = await make_account(http)
+    conversation = await new_conversation(http, alice)
+    accepted = await http.post(
+        f"/api/v1/assistant/conversations/{conversation}/messages",
+        json={"content": content, "background": True}, headers={**alice.headers, **(headers or {})},
+    )  # fmt: skip
+    return alice, accepted
+
+
 async def test_background_run_is_executed_by_a_worker(
     engines: EngineSet, fake: ServedFake, assistant_worker: tuple[Celery, Any]
 ) -> None:
@@ -181,15 +196,8 @@ async def test_background_run_is_executed_by_a_worker(
     trace_id = f"{uuid.uuid4().int:032x}"
     request_id = f"bg-{uuid.uuid4().hex[:12]}"
     async with live_server(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
-        base.app.dependency_overrides[celery_app] = lambda: celery
-        alice = await make_account(http)
-        conversation = await new_conversation(http, alice)
-        accepted = await http.post(
-            f"/api/v1/assistant/conversations/{conversation}/messages",
-            json={"content": "later please", "background": True},
-            headers={**alice.headers, "X-Request-ID": request_id,
-                     "traceparent": f"00-{trace_id}-{'1' * 16}-01"},
-        )  # fmt: skip
+        alice, accepted = await _ask_in_background(http, base, celery, "later please", {
+            "X-Request-ID": request_id, "traceparent": f"00-{trace_id}-{'1' * 16}-01"})  # fmt: skip
         assert accepted.status_code == 202, accepted.text
         run_id = accepted.json()["id"]
         assert accepted.headers["location"] == f"/api/v1/assistant/runs/{run_id}"
@@ -217,13 +225,7 @@ async def test_a_worker_killed_mid_run_leaves_the_run_failed_not_running(
         live_server(assistant_settings(engines, fake.url)) as base,
         httpx.AsyncClient(base_url=base, timeout=20) as http,
     ):
-        base.app.dependency_overrides[celery_app] = lambda: celery
-        alice = await make_account(http)
-        conversation = await new_conversation(http, alice)
-        accepted = await http.post(
-            f"/api/v1/assistant/conversations/{conversation}/messages",
-            json={"content": "long", "background": True}, headers=alice.headers,
-        )  # fmt: skip
+        alice, accepted = await _ask_in_background(http, base, celery, "long")
         run_id = accepted.json()["id"]
         seen = await asyncio.wait_for(read_events(http, alice, run_id, stop_after=10), 30)
         assert seen[-1][1] == "token"
@@ -281,13 +283,7 @@ async def test_cancelling_a_queued_background_run_closes_it(
         live_server(assistant_settings(engines, fake.url)) as base,
         httpx.AsyncClient(base_url=base, timeout=20) as http,
     ):
-        base.app.dependency_overrides[celery_app] = lambda: nobody
-        alice = await make_account(http)
-        conversation = await new_conversation(http, alice)
-        accepted = await http.post(
-            f"/api/v1/assistant/conversations/{conversation}/messages",
-            json={"content": "never picked up", "background": True}, headers=alice.headers,
-        )  # fmt: skip
+        alice, accepted = await _ask_in_background(http, base, nobody, "never picked up")
         run_id = accepted.json()["id"]
         assert accepted.json()["status"] == "queued"
         cancelled = await http.post(

@@ -201,16 +201,7 @@ async def optional_principal(
     policy come from the app, and a database session is opened only when the principal is
     not cached (each dependency FastAPI resolves costs about 10 us; a session dependency
     several times that). The result is kept on the request for `authenticate()`."""
-    scope = request.scope
-    if _PRINCIPAL not in scope:
-        scope[_PRINCIPAL] = await resolve_principal(request, token, api_key)
-    principal: Principal | None = scope[_PRINCIPAL]
-    return principal
-
-
-# Kept in the request's own scope, not its `state`: servers may share one state dict
-# (lifespan state) between requests.
-_PRINCIPAL = "steward.principal"
+    return await authenticate(request, (token, api_key))
 
 
 def credentials(connection: HTTPConnection) -> tuple[str | None, str | None]:
@@ -223,13 +214,22 @@ def credentials(connection: HTTPConnection) -> tuple[str | None, str | None]:
     return token or None, connection.headers.get("x-api-key") or None
 
 
-async def authenticate(connection: HTTPConnection) -> Principal | None:
-    """The caller of this request, resolved once per request whoever asks first: for code
-    that needs it without declaring the dependency (the router-wide rate limit), where the
-    dependency would cost FastAPI another resolution of its whole sub-tree."""
+# Kept in the request's own scope, not its `state`: servers may share one state dict
+# (lifespan state) between requests.
+_PRINCIPAL = "steward.principal"
+
+
+async def authenticate(
+    connection: HTTPConnection, sent: tuple[str | None, str | None] | None = None
+) -> Principal | None:
+    """The caller of this request, resolved once per request whoever asks first (`sent`:
+    the credentials, when already read): for code that needs it without declaring the
+    dependency (the router-wide rate limit), where the dependency would cost FastAPI
+    another resolution of its whole sub-tree."""
     scope = connection.scope
     if _PRINCIPAL not in scope:
-        scope[_PRINCIPAL] = await resolve_principal(connection, *credentials(connection))
+        token, api_key = sent or credentials(connection)
+        scope[_PRINCIPAL] = await resolve_principal(connection, token, api_key)
     principal: Principal | None = scope[_PRINCIPAL]
     return principal
 

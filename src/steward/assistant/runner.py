@@ -245,7 +245,8 @@ class Execution:
                     "role": "tool", "tool_call_id": call["id"], "name": function["name"],
                     "content": tools.encode(result),
                 })  # fmt: skip
-            await self.stored()  # False: the run is being cancelled (see drive)
+            if not await self.stored():  # its request failed to store it (see drive)
+                raise asyncio.CancelledError
             async with self.resources.transaction() as session:
                 await service.add_message(session, plan=plan, role="assistant", content=text,
                                           tool_calls=calls)  # fmt: skip

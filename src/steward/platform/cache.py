@@ -28,6 +28,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.platform.flights import FAILED, SingleFlight
+
 log = structlog.get_logger(__name__)
 
 LOOKUPS = Counter(
@@ -44,7 +46,6 @@ RECOMPUTE_SECONDS = Histogram(
 )
 
 MISSING: Final = object()
-_FAILED: Final = object()  # a shared read that raised or was cancelled: read again yourself
 """Returned (and cached, briefly) when the computed value does not exist."""
 
 _PENDING_KEY = "steward.cache_invalidations"
@@ -85,8 +86,8 @@ class _Copy:
 
 # How long an expired copy may still be served while one caller refreshes it from Redis.
 # Without it, every request in flight misses at the same instant when a hot copy expires,
-# and redis-py hands its pool's lock to those callers one loop iteration at a time: 50 of
-# them queued for up to 1.3 s behind a busy loop (measured, /users/me at 3k req/s).
+# and redis-py hands its pool's lock to those callers one loop iteration at a time: they
+# queued for up to 1.3 s behind a busy loop (measured, /users/me at 3k req/s).
 _REFRESH_GRACE_S = 1.0
 
 
@@ -195,7 +196,7 @@ class Cache:
         self._invalidate = redis.register_script(_INVALIDATE_SCRIPT)
         self.channel = f"{prefix}:invalidations"
         self.near = NearCache(max_age_s=local_ttl_s) if enabled and local_ttl_s > 0 else None
-        self._flights: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._flights = SingleFlight()
 
     def _version_key(self, namespace: str) -> str:
         return f"{self._prefix}:ver:{namespace}"
@@ -219,52 +220,45 @@ class Cache:
         if not self.enabled:
             return await compute()
         near = self.near if self.near is not None and self.near.live else None
-        if near is None:
-            return await self._read_through(
-                namespace, key, compute, ttl_s, stale_s, negative_ttl_s, kind, None, 0
-            )
-        copy = near.get(namespace, key)
+        copy = near.get(namespace, key) if near is not None else None
         if copy is not None:
             LOOKUPS.labels(kind, "negative" if copy.value is MISSING else "local").inc()
             return copy.value
+
+        async def read() -> Any:
+            return await self._read_through(
+                namespace, key, compute, ttl_s=ttl_s, stale_s=stale_s,
+                negative_ttl_s=negative_ttl_s, kind=kind, near=near,
+            )  # fmt: skip
+
+        if near is None:
+            return await read()
         # One read per key in flight in this process; concurrent callers share its result
         # (a cold or expired hot key would otherwise send every request in flight to Redis
         # at once, where redis-py queues them on its pool's lock).
-        flight = (namespace, key)
-        pending = self._flights.get(flight)
-        if pending is not None:
-            shared = await asyncio.shield(pending)
-            if shared is not _FAILED:
-                LOOKUPS.labels(kind, "negative" if shared is MISSING else "local").inc()
-                return shared
-            return await self._read_through(
-                namespace, key, compute, ttl_s, stale_s, negative_ttl_s, kind, near, near.epoch
-            )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._flights[flight] = future
-        outcome: Any = _FAILED
-        try:
-            outcome = await self._read_through(
-                namespace, key, compute, ttl_s, stale_s, negative_ttl_s, kind, near, near.epoch
-            )
-            return outcome
-        finally:
-            del self._flights[flight]
-            future.set_result(outcome)
+        pending = self._flights.pending((namespace, key))
+        if pending is None:
+            return await self._flights.lead((namespace, key), read)
+        shared = await pending
+        if shared is FAILED:
+            return await read()
+        LOOKUPS.labels(kind, "negative" if shared is MISSING else "local").inc()
+        return shared
 
     async def _read_through(
         self,
         namespace: str,
         key: str,
         compute: Compute,
+        *,
         ttl_s: float,
         stale_s: float,
         negative_ttl_s: float,
         kind: str,
         near: NearCache | None,
-        epoch: int,
     ) -> Any:
         """Redis, then `compute()` under the lock; keeps a copy in `near` when given."""
+        epoch = near.epoch if near is not None else 0  # an invalidation from now on voids it
         head = f"{self._prefix}:{namespace}:"
         try:
             version_raw, raw = await self._read(

@@ -15,7 +15,6 @@ shrinks to the request itself, which makes the last requests of a window exact.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from steward.platform.errors import ServiceUnavailable, TooManyRequests
+from steward.platform.flights import FAILED, SingleFlight
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +123,7 @@ class RateLimiter:
         self.max_lease = max_lease
         self._max_leases = max_leases
         self._leases: dict[str, _Lease] = {}
-        self._pending: dict[str, asyncio.Future[bool]] = {}
+        self._leasing = SingleFlight()
 
     async def hit(self, policy: Policy, key: str, *, cost: int = 1) -> Decision:
         """Count one request against `key`; the decision says whether it may proceed."""
@@ -134,22 +134,18 @@ class RateLimiter:
             local = self._from_lease(policy, name, cost)
             if local is not None:
                 return local
-            pending = self._pending.get(name)
+            pending = self._leasing.pending(name)
             if pending is None:
                 break
             # One lease in flight per key and process: wait for it rather than lease again
             # (concurrent leases would strand budget), unless it brought nothing to share.
-            if not await asyncio.shield(pending):
+            outcome = await pending
+            if outcome is FAILED or not outcome[1]:
                 return (await self._ask(policy, name, cost, lease=False))[0]
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending[name] = future
-        shared = False
-        try:
-            decision, shared = await self._ask(policy, name, cost, lease=True)
-            return decision
-        finally:
-            del self._pending[name]
-            future.set_result(shared)
+        decision, _ = await self._leasing.lead(
+            name, lambda: self._ask(policy, name, cost, lease=True)
+        )
+        return decision
 
     def _from_lease(self, policy: Policy, name: str, cost: int) -> Decision | None:
         lease = self._leases.get(name)
