@@ -167,7 +167,7 @@ def main() -> None:
                         help="seconds between the fake provider's tokens")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=100, help="tokens per fake reply")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if args.only != "streams" and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it)")
 
     from tests.engines import provide_engines
@@ -203,7 +203,7 @@ def stream_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[
                                 free_port=free_port, out=OUT)  # fmt: skip
     try:
         results = anyio.run(streams.run_all, stack, engines.redis_url,
-                            args.tokens * args.token_delay)  # fmt: skip
+                            args.tokens * args.token_delay, args.tokens)  # fmt: skip
     finally:
         streams.stop_stack(stack)
     lines = streams.markdown(results, token_delay_s=args.token_delay, tokens=args.tokens)

@@ -234,62 +234,103 @@ async def _staggered(n: int, spread_s: float, one: Any) -> list[Any]:
     return list(await asyncio.gather(*(later(i) for i in range(n))))
 
 
-async def _provider_ttft(stack: Stack, n: int, spread_s: float) -> list[float]:
-    body = json.dumps({"model": "fake-model", "stream": True,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()  # fmt: skip
+async def _own_first_tokens(stack: Stack) -> dict[str, float]:
+    """The fake provider's own time to first token per request since the last call (from its
+    handler's start to the first token written), keyed by the question asked."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{stack.provider_port}/_fake/first-token")
+    return {k: float(v) for k, v in response.json().items()}
 
-    async def one(_: int) -> float:
+
+async def _provider_direct(
+    stack: Stack, n: int, spread_s: float
+) -> tuple[list[float], list[float]]:
+    """Client TTFT straight from the fake, same concurrency; and each one minus the fake's own
+    share (the measurement's floor: the client and the loopback hop)."""
+    await _own_first_tokens(stack)
+    ttft: dict[str, float] = {}
+
+    async def one(i: int) -> None:
+        asked = f"direct {n}.{i}"
+        body = json.dumps({"model": "fake-model", "stream": True,
+                           "messages": [{"role": "user", "content": asked}]}).encode()  # fmt: skip
         started = time.perf_counter()
         async for now, _, _, data in sse(stack.provider_port, "POST", "/v1/chat/completions",
                                          {"Authorization": "Bearer x"}, body):  # fmt: skip
             if '"content":"w' in data.replace(" ", ""):
-                return now - started
-        return float("nan")
+                ttft[asked] = now - started
+                return
 
-    return await _staggered(n, spread_s, one)
+    await _staggered(n, spread_s, one)
+    own = await _own_first_tokens(stack)
+    return list(ttft.values()), [t - own[k] for k, t in ttft.items() if k in own]
 
 
-async def assistant_streams(stack: Stack, n: int, spread_s: float) -> dict[str, Any]:
-    provider = await _provider_ttft(stack, n, spread_s)
+async def assistant_streams(
+    stack: Stack, n: int, spread_s: float, *, tokens: int, rounds: int = 1
+) -> dict[str, Any]:
+    """`rounds` rounds of `n` staggered streams. Each stream's added time is its time to first
+    token through Steward minus the provider's own for the same request, so a provider slowed
+    by the load on these shared cores is not counted as Steward's."""
+    direct, floor = await _provider_direct(stack, n, spread_s)
     before_lag = await histogram(stack.base, "steward_event_loop_lag_seconds")
     idle = rss_kib(stack.process.pid)
-    ttft: list[float] = []
-    tokens = 0
+    ttft: dict[str, float] = {}
+    accepted: dict[str, float] = {}  # the `run` event: the request's own work is done
+    own: dict[str, float] = {}
+    rates: list[float] = []
     errors = 0
 
-    async def one(i: int) -> None:
-        nonlocal tokens, errors
+    async def one(round_no: int, i: int, counted: list[int]) -> None:
+        nonlocal errors
+        label = f"question {n}.{round_no}.{i}"
         conversation = stack.conversations[i % len(stack.conversations)]
-        body = json.dumps({"content": f"question {i}"}).encode()
+        body = json.dumps({"content": label}).encode()
         started = time.perf_counter()
-        first = True
         try:
             async for now, event, _, _ in sse(
                 stack.port, "POST", f"/api/v1/assistant/conversations/{conversation}/messages",
                 stack.auth, body,
             ):  # fmt: skip
                 if event == "token":
-                    tokens += 1
-                    if first:
-                        ttft.append(now - started)
-                        first = False
+                    counted[0] += 1
+                    ttft.setdefault(label, now - started)
+                elif event == "run":
+                    accepted[label] = now - started
                 elif event == "error":
                     errors += 1
         except (OSError, RuntimeError):
             errors += 1
 
     with Sampler(stack.process.pid) as sampler:
-        started = time.perf_counter()
-        await _staggered(n, spread_s, one)
-        wall = time.perf_counter() - started
+        for round_no in range(rounds):
+            await _own_first_tokens(stack)
+            counted = [0]
+            started = time.perf_counter()
+            await _staggered(n, spread_s, lambda i, r=round_no, c=counted: one(r, i, c))
+            rates.append(counted[0] / (time.perf_counter() - started))
+            own.update(await _own_first_tokens(stack))
     lag_p99 = await histogram_quantile(
         stack.base, "steward_event_loop_lag_seconds", 0.99, before_lag
     )
+    added = [t - own[k] for k, t in ttft.items() if k in own]
+    steward = list(ttft.values())
     return {
-        "n": n, "provider_p50": statistics.median(provider), "provider_p99": pct(provider, 0.99),
-        "p50": statistics.median(ttft) if ttft else float("nan"), "p99": pct(ttft, 0.99),
-        "tokens_per_s": tokens / wall, "tokens": tokens, "errors": errors, "wall": wall,
-        "offered_per_s": tokens / (2 * spread_s),
+        "n": n, "rounds": rounds, "samples": len(added),
+        "own_p50": statistics.median(own.values()), "own_p99": pct(list(own.values()), 0.99),
+        "direct_p50": statistics.median(direct), "direct_p99": pct(direct, 0.99),
+        "floor_p50": statistics.median(floor), "floor_p99": pct(floor, 0.99),
+        "p50": statistics.median(steward) if steward else float("nan"), "p99": pct(steward, 0.99),
+        "added_p50": statistics.median(added) if added else float("nan"),
+        "added_p99": pct(added, 0.99), "added_max": max(added, default=float("nan")),
+        "tokens_per_s": statistics.median(rates), "errors": errors,
+        "run_event_p50": statistics.median(accepted.values()),
+        "run_event_p99": pct(list(accepted.values()), 0.99),
+        # (added, time to the run event, provider's own) in ms for the slowest streams
+        "slowest": sorted(((round((t - own.get(k, 0)) * 1000, 1),
+                            round(accepted.get(k, 0) * 1000, 1), round(own.get(k, 0) * 1000, 1),
+                            k) for k, t in ttft.items()), reverse=True)[:8],
+        "offered_per_s": n * tokens / (2 * spread_s),
         "kib_per_stream": (sampler.peak - idle) / n, "lag_p99_ms": lag_p99 * 1000,
     }  # fmt: skip
 
@@ -414,16 +455,16 @@ async def websocket_fanout(
     }  # fmt: skip
 
 
-async def run_all(stack: Stack, redis_url: str, reply_s: float) -> dict[str, Any]:
+async def run_all(stack: Stack, redis_url: str, reply_s: float, tokens: int) -> dict[str, Any]:
     await seed(stack, conversations=100)
     results: dict[str, Any] = {"streams": [], "readers": None, "fanout": None}
     # Fan-out first: memory per connection is read on a heap that has not yet grown (and
     # freed) for the other scenarios, which would hide the growth.
     results["fanout"] = await websocket_fanout(stack, redis_url, clients=1000, messages=20)
     print(f"websocket fan-out: {results['fanout']}", flush=True)
-    await assistant_streams(stack, 20, reply_s)  # warm-up
-    for n in (100, 1000):
-        result = await assistant_streams(stack, n, reply_s)
+    await assistant_streams(stack, 20, reply_s, tokens=tokens)  # warm-up
+    for n, rounds in ((100, 3), (1000, 1)):
+        result = await assistant_streams(stack, n, reply_s, tokens=tokens, rounds=rounds)
         print(f"assistant streams {n}: {result}", flush=True)
         results["streams"].append(result)
     results["readers"] = await resumable_readers(stack, redis_url, runs=100, per_run=10)
@@ -443,15 +484,20 @@ def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> l
         "N streams start evenly over one reply's length, so about N are open at once. The "
         "wall time and tokens/s show whether the server kept up with the provider's rate.",
         "",
-        "| streams | provider TTFT p50 / p99 ms | via Steward p50 / p99 ms | added p99 ms "
-        "| tokens/s delivered (offered) | errors | KiB per open stream | event-loop lag p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| streams (rounds) | provider's own TTFT p50 / p99 ms | client TTFT direct p50 / p99 "
+        "ms | via Steward p50 / p99 ms | **added by Steward p50 / p99 ms** | tokens/s delivered "
+        "(offered) | errors | KiB per open stream | event-loop lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ms(a: float, b: float) -> str:
+        return f"{a * 1000:.1f} / {b * 1000:.1f}"
+
     for r in results["streams"]:
         lines.append(
-            f"| {r['n']} | {r['provider_p50'] * 1000:.1f} / {r['provider_p99'] * 1000:.1f} | "
-            f"{r['p50'] * 1000:.1f} / {r['p99'] * 1000:.1f} | "
-            f"{(r['p99'] - r['provider_p99']) * 1000:.1f} | {r['tokens_per_s']:,.0f} "
+            f"| {r['n']} ({r['rounds']}) | {ms(r['own_p50'], r['own_p99'])} | "
+            f"{ms(r['direct_p50'], r['direct_p99'])} | {ms(r['p50'], r['p99'])} | "
+            f"**{ms(r['added_p50'], r['added_p99'])}** | {r['tokens_per_s']:,.0f} "
             f"({r['offered_per_s']:,.0f}) | "
             f"{r['errors']} | {r['kib_per_stream']:.0f} | {r['lag_p99_ms']:.0f} |"
         )

@@ -66,19 +66,23 @@ async def read_events(
 
 async def _start_streaming(
     http: httpx.AsyncClient, account: Account, conversation: str
-) -> tuple[str, asyncio.Task[None]]:
-    """POST a message over SSE and keep reading it in the background; returns the run id."""
+) -> tuple[str, asyncio.Task[list[Event]]]:
+    """POST a message over SSE and keep reading it in the background; returns the run id
+    and the task that ends with the events the POST received."""
     started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    async def consume() -> None:
+    async def consume() -> list[Event]:
+        events: list[Event] = []
         async with aconnect_sse(
             http, "POST", f"/api/v1/assistant/conversations/{conversation}/messages",
             json={"content": "tell me a long story"},
             headers={**account.headers, "Accept": "text/event-stream"},
         ) as source:  # fmt: skip
             async for sse in source.aiter_sse():
+                events.append((sse.id, sse.event, sse.data))
                 if sse.event == "run" and not started.done():
                     started.set_result(json.loads(sse.data)["run_id"])
+        return events
 
     task = asyncio.create_task(consume())
     return await asyncio.wait_for(started, 10), task
@@ -104,9 +108,12 @@ async def test_resuming_on_another_instance_loses_and_repeats_nothing(
         first_half = await read_events(on_a, alice, run_id, stop_after=20)
         second_half = await read_events(on_b, alice, run_id, after=first_half[-1][0])
         whole = await whole_task
-        await producer
+        posted = await producer
 
         assert first_half + second_half == whole
+        # The POST's own reader is handed each event before it is stored, with the id the
+        # stream then stores it under.
+        assert posted == whole
         assert whole[0][1] == "run" and whole[-1][1] == "done"
         assert json.loads(whole[-1][2])["status"] == "succeeded"
         assert "".join(json.loads(d)["delta"] for _, e, d in whole if e == "token").split() == [

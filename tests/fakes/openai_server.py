@@ -11,7 +11,10 @@ Tests queue scripted behaviours with `FakeOpenAI.script(...)`, one per request, 
     Script(text="a b c d", cut_after=2)         two tokens, then the connection drops
     Script(malformed=True)                      a chunk that is not JSON
 
-Every request is recorded (`requests`) so tests can check what the provider was sent.
+Every request is recorded (`requests`) so tests can check what the provider was sent, and
+the fake's own time to first token for each streamed reply (`first_token_s`, keyed by the
+last user message; `GET /_fake/first-token` returns and clears them) so a benchmark can
+subtract the provider's own share from the time a client measured through Steward.
 Run standalone for benchmarks: `python -m tests.fakes.openai_server --port 8900 --delay 0.01`.
 """
 
@@ -59,10 +62,12 @@ class FakeOpenAI:
         self.reply = reply
         self.scripts: deque[Script] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.first_token_s: dict[str, float] = {}
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._completions, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/_fake/first-token", self._first_tokens, methods=["GET"]),
             ]
         )
 
@@ -72,14 +77,24 @@ class FakeOpenAI:
     def reset(self) -> None:
         self.scripts.clear()
         self.requests.clear()
+        self.first_token_s.clear()
+
+    async def _first_tokens(self, request: Request) -> Response:
+        timings, self.first_token_s = self.first_token_s, {}
+        return JSONResponse(timings)
 
     async def _models(self, request: Request) -> Response:
         model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "fake"}
         return JSONResponse({"object": "list", "data": [model]})
 
     async def _completions(self, request: Request) -> Response:
+        arrived = time.perf_counter()
         body = orjson.loads(await request.body())
+        if len(self.requests) >= 10_000:  # a long benchmark must not grow the fake forever
+            self.requests.clear()
         self.requests.append(body)
+        asked = next((str(m.get("content")) for m in reversed(body["messages"])
+                      if m.get("role") == "user"), "")  # fmt: skip
         script = self.scripts.popleft() if self.scripts else Script()
         if script.status is not None:
             headers = {}
@@ -140,6 +155,9 @@ class FakeOpenAI:
                 if delay:
                     await asyncio.sleep(delay)
                 yield chunk({"content": token})
+                if position == 0 and len(self.first_token_s) < 100_000:
+                    # Resumed once the chunk is written to the connection.
+                    self.first_token_s[asked] = time.perf_counter() - arrived
             for index, (name, args) in enumerate(script.tool_calls):
                 arguments = orjson.dumps(args).decode()
                 half = len(arguments) // 2

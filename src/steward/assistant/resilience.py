@@ -253,6 +253,8 @@ class Providers:
             provider=name,
             attempt=state.attempt_number,
             error=type(exc).__name__,
+            # What the SDK or its HTTP client raised (which connection error, which timeout).
+            cause=type(exc.__cause__).__name__ if exc is not None and exc.__cause__ else None,
             status=getattr(exc, "status", None),
             wait_s=round(state.upcoming_sleep, 3),
         )

@@ -258,6 +258,7 @@ async def post_message(
         )
     # The provider call starts now; the run's rows are committed meanwhile (the run's own
     # writes wait for this commit, and a failed commit stops the run unrecorded).
+    assert preloaded is not None  # an interactive run's prompt and history
     committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     live = runs.start(resources, plan, preloaded, committed)
     try:
@@ -510,6 +511,7 @@ async def _on_socket_message(
         )
         plan, preloaded = await _plan(resources, session, principal, conversation,
                                       body.model_copy(update={"background": False}))  # fmt: skip
+    assert preloaded is not None  # an interactive run's prompt and history
     return runs.start(resources, plan, preloaded)
 
 

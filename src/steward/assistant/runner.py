@@ -35,7 +35,7 @@ from steward.assistant.providers import (
     ToolCallDelta,
     Usage,
 )
-from steward.assistant.streams import RunEvent, RunLog
+from steward.assistant.streams import EntryIds, RunEvent, RunLog
 from steward.platform.db import on_commit
 from steward.platform.errors import PROBLEM_BASE, Conflict
 from steward.platform.resources import Resources
@@ -311,10 +311,10 @@ class ActiveRuns:
         self,
         resources: Resources,
         plan: service.Plan,
-        preloaded: service.Preloaded | None,
+        preloaded: service.Preloaded,
         committed: asyncio.Future[bool] | None = None,
     ) -> LiveRun:
-        """Execute `plan` in its own task; its events go to the stream and to the LiveRun.
+        """Execute a fresh run in its own task; its events go to the LiveRun and the stream.
         With `committed`, the run may start before its rows are committed (see drive)."""
         queue: asyncio.Queue[tuple[str | None, RunEvent] | None] = asyncio.Queue()
         task = asyncio.create_task(
@@ -402,10 +402,7 @@ async def cancel(
 
 
 def run_log(resources: Resources) -> RunLog:
-    settings = resources.settings
-    longest = max([p.total_timeout_s for p in settings.assistant_providers.values()] + [300.0])
-    return RunLog(resources.redis, ttl_s=settings.run_stream_ttl_s,
-                  maxlen=settings.run_stream_maxlen, live_ttl_s=int(longest))  # fmt: skip
+    return resources.run_log
 
 
 async def drive(
@@ -439,41 +436,35 @@ async def drive(
                     current.cancel()
                     return
 
-    # Events are written by their own task: while one XADD is in flight the provider keeps
-    # streaming, and whatever piled up meanwhile goes to Redis in one pipelined round trip.
-    pending: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+    # A run started here for a live reader is fresh, and nothing else appends to its stream
+    # while it lasts (cancels of queued runs and retries concern background runs): its ids
+    # are assigned here, and each event reaches the reader at once, its XADD off that path
+    # (the process's writer sends every run's pending events in one round trip).
+    ids = EntryIds() if deliver is not None else None
 
-    async def write() -> None:
-        while True:
-            batch = [await pending.get()]
-            while not pending.empty():
-                batch.append(pending.get_nowait())
-            events = [event for event in batch if event is not None]
-            entry_ids = await stream.append_many(plan.run_id, events) if events else []
-            if deliver is not None:
-                for entry_id, event in zip(entry_ids, events, strict=True):
-                    deliver.put_nowait((entry_id, event))
-            if batch[-1] is None:
-                return
+    def emit(event: RunEvent) -> None:
+        if ids is None:
+            stream.enqueue(plan.run_id, event)
+            return
+        entry_id = ids.next()
+        assert deliver is not None
+        deliver.put_nowait((entry_id, event))
+        stream.enqueue(plan.run_id, event, entry_id)
 
     watcher = asyncio.create_task(watch())
-    writer = asyncio.create_task(write())
     ended = False
     try:
         async for event in execution.events():
-            pending.put_nowait(event)
+            emit(event)
         ended = True
-        pending.put_nowait(None)
-        await asyncio.shield(writer)
+        await stream.flush()
     except asyncio.CancelledError:
         if not ended:
             # Cancelled at any point (even before it started): recorded, every reader told.
             await asyncio.shield(execution.close(RunStatus.CANCELLED, None))
-            pending.put_nowait(RunEvent("done", {"run_id": str(plan.run_id),
-                                                 "status": "cancelled"}))  # fmt: skip
-            pending.put_nowait(None)
+            emit(RunEvent("done", {"run_id": str(plan.run_id), "status": "cancelled"}))
         with contextlib.suppress(Exception):
-            await asyncio.shield(writer)
+            await asyncio.shield(stream.flush())
         raise
     finally:
         watcher.cancel()

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from steward.assistant.resilience import Providers
+from steward.assistant.streams import RunLog
 from steward.notifications.hub import Hub
 from steward.platform import db
 from steward.platform.cache import Cache, flush_invalidations
@@ -53,6 +54,7 @@ class Resources:
     trusted_proxies: tuple[Network, ...]
     hub: Hub
     providers: Providers
+    run_log: RunLog
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -72,6 +74,7 @@ class Resources:
             trusted_proxies=parse_networks(settings.trusted_proxies),
             hub=Hub(redis, max_queue=settings.realtime_queue_size),
             providers=Providers(settings),
+            run_log=RunLog.from_settings(redis, settings),
         )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
@@ -85,6 +88,7 @@ class Resources:
 
     async def close(self) -> None:
         try:
+            await self.run_log.aclose()
             await self.providers.aclose()
             await self.hub.close()
             await self.redis.aclose()
