@@ -462,7 +462,9 @@ async def run_all(stack: Stack, redis_url: str, reply_s: float, tokens: int) -> 
     # freed) for the other scenarios, which would hide the growth.
     results["fanout"] = await websocket_fanout(stack, redis_url, clients=1000, messages=20)
     print(f"websocket fan-out: {results['fanout']}", flush=True)
-    await assistant_streams(stack, 20, reply_s, tokens=tokens)  # warm-up
+    # Warm-up at the measured concurrency: pools (database, provider connections, Redis)
+    # grow to it once, as they have in a process that has been serving for a while.
+    await assistant_streams(stack, 100, reply_s, tokens=tokens)
     for n, rounds in ((100, 3), (1000, 1)):
         result = await assistant_streams(stack, n, reply_s, tokens=tokens, rounds=rounds)
         print(f"assistant streams {n}: {result}", flush=True)

@@ -168,7 +168,7 @@ class OpenAICompatible:
             # A backstop only: the first-token and idle timeouts are enforced around the
             # stream (precise errors: first_token_timeout, stream_stalled), so this one
             # must not fire before them.
-            read=max(config.idle_timeout_s, config.first_token_timeout_s) + 1.0,
+            read=max(config.idle_timeout_s, config.first_token_timeout_s) + 5.0,
             write=config.connect_timeout_s,
             pool=config.connect_timeout_s,
         )

@@ -117,6 +117,10 @@ class Execution:
         self.usage = Usage(0, 0, 0)
         self.first_token_at: datetime | None = None
         self.status: RunStatus | None = None
+        # While a reply streams: when it counts as stalled unless a chunk arrives (loop
+        # time). Checked by the run's watcher, not by a timer per chunk (see drive).
+        self.idle_deadline: float | None = None
+        self.stalled = False
 
     async def events(self) -> AsyncIterator[RunEvent]:
         plan = self.plan
@@ -198,15 +202,23 @@ class Execution:
             opened = await self.resources.providers.open(provider, request)
             current = _Round()
             chunks = aiter(opened.chunks())
+            loop = asyncio.get_running_loop()
+            idle = opened.provider.config.idle_timeout_s
             while True:
+                self.idle_deadline = loop.time() + idle
                 try:
-                    async with asyncio.timeout(opened.provider.config.idle_timeout_s):
-                        chunk = await anext(chunks)
+                    chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    # Only the watcher's own cancel becomes the error; any other stands.
+                    if not self.stalled or task is None or task.uncancel() > 0:
+                        raise
                     raise Stalled(f"{opened.provider.name} stopped sending mid-reply",
                                   provider=opened.provider.name) from None  # fmt: skip
+                finally:
+                    self.idle_deadline = None
                 if isinstance(chunk, TextDelta):
                     self._first_token()
                     current.text.append(chunk.text)
@@ -429,8 +441,16 @@ async def drive(
         if not await execution.stored() and current is not None:
             current.cancel()
             return
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
+            # A stalled reply: a timer per streamed chunk (asyncio.timeout) cost more than
+            # this check; the stall is noticed up to CANCEL_POLL_S late.
+            deadline = execution.idle_deadline
+            if deadline is not None and loop.time() > deadline and current is not None:
+                execution.stalled = True
+                current.cancel()
+                return
             with contextlib.suppress(Exception):
                 if await stream.cancel_requested(plan.run_id) and current is not None:
                     current.cancel()

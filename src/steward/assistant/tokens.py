@@ -32,8 +32,22 @@ def is_exact(model: str) -> bool:
     return model.startswith(_EXACT_PREFIXES) and not model.startswith("gpt-4o")
 
 
+# Every call counts the conversation's history, the system prompt and the tool schemas again,
+# so counts of texts seen before are kept: a bounded cache of short texts (a long one's count
+# is not worth keeping the text for; at most 2048 x 4096 characters are held).
+_CACHED_UP_TO = 4096
+
+
+@lru_cache(maxsize=2048)
+def _cached_count(text: str) -> int:
+    return len(_encoding().encode(text, disallowed_special=()))
+
+
 def count_text(text: str, model: str) -> int:
-    raw = len(_encoding().encode(text, disallowed_special=()))
+    if len(text) <= _CACHED_UP_TO:
+        raw = _cached_count(text)
+    else:
+        raw = len(_encoding().encode(text, disallowed_special=()))
     return raw if is_exact(model) else int(raw * _UNKNOWN_MODEL_MARGIN + 0.999)
 
 
