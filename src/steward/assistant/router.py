@@ -285,6 +285,9 @@ async def post_message(
     assert preloaded is not None  # an interactive run's prompt and history
     committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     live = runs.start(resources, plan, preloaded, committed)
+    # Let the run's task send the provider request before the commit's flush takes the
+    # loop for a few milliseconds of CPU (the task runs until it waits for the reply).
+    await asyncio.sleep(0)
     try:
         await session.commit()
     except BaseException:

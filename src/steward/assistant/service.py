@@ -90,29 +90,43 @@ async def list_messages(
 
 def as_chat(message: Message) -> dict[str, Any]:
     """A stored message in the Chat Completions wire format."""
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = message.tool_calls
-    if message.role == "tool":
-        out["tool_call_id"] = message.tool_call_id
-        if message.name:
-            out["name"] = message.name
+    return _chat(message.role, message.content, message.tool_calls, message.tool_call_id,
+                 message.name)  # fmt: skip
+
+
+def _chat(
+    role: str,
+    content: str | None,
+    tool_calls: list[dict[str, Any]] | None,
+    tool_call_id: str | None,
+    name: str | None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": role, "content": content}
+    if tool_calls:
+        out["tool_calls"] = tool_calls
+    if role == "tool":
+        out["tool_call_id"] = tool_call_id
+        if name:
+            out["name"] = name
     return out
 
 
 async def history(session: AsyncSession, *, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
+    # Columns, not ORM objects: read before every provider call, it only needs these.
     query = (
-        select(Message)
+        select(
+            Message.role, Message.content, Message.tool_calls, Message.tool_call_id, Message.name
+        )
         .where(Message.conversation_id == conversation_id, Message.role != "system")
         .order_by(Message.seq.desc())
         .limit(HISTORY_LIMIT)
     )
-    rows = list((await session.execute(query)).scalars())
+    rows = list((await session.execute(query)).all())
     rows.reverse()
     # A window that starts mid-turn would hand the model a tool result without its call.
-    while rows and rows[0].role != "user":
+    while rows and rows[0][0] != "user":
         rows.pop(0)
-    return [as_chat(row) for row in rows]
+    return [_chat(*row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
