@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx2
 import openai
 
 from steward.settings import ProviderConfig
@@ -182,7 +183,14 @@ class OpenAICompatible:
             # through the default one (httpcore and anyio, a cancel scope per read) was
             # over half of what a stream cost this process to read, measured under 100
             # streams; errors still arrive as the SDK's own.
-            http_client=openai.DefaultAioHttpClient(timeout=timeout),
+            http_client=openai.DefaultAioHttpClient(
+                timeout=timeout,
+                limits=httpx2.Limits(
+                    max_connections=config.max_connections,
+                    max_keepalive_connections=config.max_connections,
+                    keepalive_expiry=config.keepalive_s,
+                ),
+            ),
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
