@@ -1,5 +1,5 @@
-"""The run event log's writer: ids assigned in process, every run's events in one pipeline,
-and what happens when Redis refuses an id."""
+"""The run event log: ids assigned in process, every run's events in one pipeline, what
+happens when Redis refuses an id, and one poll for every run's cancel flag."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from steward.assistant.streams import EntryIds, Pending, RunEvent, RunLog, is_after, stream_key
+from steward.assistant.streams import (
+    EntryIds,
+    Pending,
+    RunEvent,
+    RunLog,
+    cancel_key,
+    is_after,
+    stream_key,
+)
 from tests.conftest import LogCapture
 from tests.engines import EngineSet
 
@@ -88,6 +96,25 @@ async def test_flush_waits_for_the_batch_in_flight(redis: Redis) -> None:
     assert 0 < await redis.ttl(stream_key(run)) <= 120
     await log.aclose()
     await redis.delete(stream_key(run))
+
+
+async def test_one_poller_tells_each_waiting_run_of_its_own_cancel(redis: Redis) -> None:
+    log = new_log(redis)
+    log.cancel_poll_s = 0.05
+    runs = [uuid.uuid4() for _ in range(5)]
+    waiting = {run: asyncio.ensure_future(log.cancel_asked(run)) for run in runs}
+    await asyncio.sleep(0.15)
+    assert not any(task.done() for task in waiting.values())
+    await redis.set(cancel_key(runs[2]), b"1", ex=10)
+    await asyncio.wait_for(waiting[runs[2]], 2)
+    await asyncio.sleep(0.15)
+    assert [run for run, task in waiting.items() if task.done()] == [runs[2]]
+    for task in waiting.values():
+        task.cancel()
+    await asyncio.gather(*waiting.values(), return_exceptions=True)
+    assert not log._cancels  # nobody left waiting: the poller stops
+    await log.aclose()
+    await redis.delete(cancel_key(runs[2]))
 
 
 async def _xadd_calls(redis: Redis) -> int:

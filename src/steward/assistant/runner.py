@@ -441,20 +441,22 @@ async def drive(
         if not await execution.stored() and current is not None:
             current.cancel()
             return
+        assert current is not None
+        asked = asyncio.ensure_future(stream.cancel_asked(plan.run_id))
+        asked.add_done_callback(lambda done: None if done.cancelled() else current.cancel())
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(CANCEL_POLL_S)
-            # A stalled reply: a timer per streamed chunk (asyncio.timeout) cost more than
-            # this check; the stall is noticed up to CANCEL_POLL_S late.
-            deadline = execution.idle_deadline
-            if deadline is not None and loop.time() > deadline and current is not None:
-                execution.stalled = True
-                current.cancel()
-                return
-            with contextlib.suppress(Exception):
-                if await stream.cancel_requested(plan.run_id) and current is not None:
+        try:
+            while True:
+                await asyncio.sleep(CANCEL_POLL_S)
+                # A stalled reply: a timer per streamed chunk (asyncio.timeout) cost more
+                # than this check; the stall is noticed up to CANCEL_POLL_S late.
+                deadline = execution.idle_deadline
+                if deadline is not None and loop.time() > deadline:
+                    execution.stalled = True
                     current.cancel()
                     return
+        finally:
+            asked.cancel()
 
     # A run started here for a live reader is fresh, and nothing else appends to its stream
     # while it lasts (cancels of queued runs and retries concern background runs): its ids
