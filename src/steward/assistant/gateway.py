@@ -297,11 +297,10 @@ class _Completion:
     async def _record(self) -> None:
         assert self.principal.user_id is not None
         try:
-            async with self.resources.transaction() as session:
-                await service.record_usage(
-                    session, user_id=self.principal.user_id,
-                    api_key_id=self.principal.api_key_id, usage=self._final_usage(),
-                )  # fmt: skip
+            await self.resources.usage.record(
+                user_id=self.principal.user_id, api_key_id=self.principal.api_key_id,
+                usage=self._final_usage(),
+            )  # fmt: skip
         except Exception:  # the answer went out; the log must say it was not counted
             log.exception("gateway.usage_not_recorded", user_id=str(self.principal.user_id))
 

@@ -298,13 +298,12 @@ class Execution:
         except Exception:
             log.exception("assistant.run_not_recorded", run_id=str(self.plan.run_id))
         if won:
-            # Its own transaction: an accounting failure must not leave the run "running".
+            # Apart from the run's transaction: an accounting failure must not leave the run
+            # "running". Batched with other runs ending now (see usage.UsageMeter).
             try:
-                async with self.resources.transaction() as session:
-                    await service.record_usage(
-                        session, user_id=self.plan.user_id, api_key_id=self.plan.api_key_id,
-                        usage=self.usage,
-                    )  # fmt: skip
+                await self.resources.usage.record(
+                    user_id=self.plan.user_id, api_key_id=self.plan.api_key_id, usage=self.usage
+                )
             except Exception:  # the run is recorded; the log must say its tokens were not
                 log.exception("assistant.usage_not_recorded", run_id=str(self.plan.run_id))
         RUNS.labels(self.plan.provider, status.value).inc()

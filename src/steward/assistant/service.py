@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant import prompts, tokens, tools
@@ -431,33 +430,6 @@ def run_read(run: Run, messages: list[Message]) -> RunRead:
 
 def _today() -> date:
     return _now().date()
-
-
-async def record_usage(
-    session: AsyncSession, *, user_id: uuid.UUID, api_key_id: uuid.UUID | None, usage: Usage
-) -> None:
-    """Add one request's tokens to today's row for this user and key."""
-    statement = insert(UsageDay).values(
-        day=_today(),
-        user_id=user_id,
-        api_key_id=api_key_id,
-        requests=1,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
-    excluded = statement.excluded
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["day", "user_id", "api_key_id"],
-            set_={
-                "requests": UsageDay.requests + 1,
-                "prompt_tokens": UsageDay.prompt_tokens + excluded.prompt_tokens,
-                "completion_tokens": UsageDay.completion_tokens + excluded.completion_tokens,
-                "total_tokens": UsageDay.total_tokens + excluded.total_tokens,
-            },
-        )
-    )
 
 
 async def check_quota(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from steward.assistant.resilience import Providers
 from steward.assistant.streams import RunLog
+from steward.assistant.usage import UsageMeter
 from steward.notifications.hub import Hub
 from steward.platform import db
 from steward.platform.cache import Cache, flush_invalidations
@@ -55,6 +56,10 @@ class Resources:
     hub: Hub
     providers: Providers
     run_log: RunLog
+    usage: UsageMeter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.usage = UsageMeter(self.transaction)
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -88,6 +93,7 @@ class Resources:
 
     async def close(self) -> None:
         try:
+            await self.usage.aclose()
             await self.run_log.aclose()
             await self.providers.aclose()
             await self.hub.close()

@@ -1,0 +1,123 @@
+"""Daily token counters (`usage_days`): one row per day, user and API key, added to by every
+run and gateway call, written in batches.
+
+Every call of one user (or key) adds to the same row, so a write per call made calls that
+ended together queue on that row's lock, each holding a pooled connection: at 1,000 streams
+of one user the pool ran dry and runs ending then could not be recorded. Calls ending within
+`window_s` of each other are now added up in process and written together, one statement per
+row, in one transaction; each caller still waits until its tokens are stored (or learns that
+they were not), so nothing is counted only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from steward.assistant.models import UsageDay
+from steward.assistant.providers import Usage
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+@dataclass(slots=True)
+class Counts:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, usage: Usage) -> None:
+        self.requests += 1
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.total_tokens += usage.total_tokens
+
+
+Row = tuple[date, uuid.UUID, uuid.UUID | None]  # (day, user, API key)
+
+
+async def add_counts(session: AsyncSession, row: Row, counts: Counts) -> None:
+    """Add `counts` to one day's row for this user and key (created if absent)."""
+    day, user_id, api_key_id = row
+    statement = insert(UsageDay).values(
+        day=day,
+        user_id=user_id,
+        api_key_id=api_key_id,
+        requests=counts.requests,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        total_tokens=counts.total_tokens,
+    )
+    excluded = statement.excluded
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["day", "user_id", "api_key_id"],
+            set_={
+                "requests": UsageDay.requests + excluded.requests,
+                "prompt_tokens": UsageDay.prompt_tokens + excluded.prompt_tokens,
+                "completion_tokens": UsageDay.completion_tokens + excluded.completion_tokens,
+                "total_tokens": UsageDay.total_tokens + excluded.total_tokens,
+            },
+        )
+    )
+
+
+class UsageMeter:
+    """Batches the counters' writes of this process (see the module's docstring)."""
+
+    def __init__(
+        self,
+        transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+        *,
+        window_s: float = 0.05,
+    ) -> None:
+        self._transaction = transaction
+        self._window_s = window_s
+        self._pending: dict[Row, Counts] = {}
+        self._written: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def record(
+        self, *, user_id: uuid.UUID, api_key_id: uuid.UUID | None, usage: Usage
+    ) -> None:
+        """Add one call's tokens; returns once they are stored, raises if they could not be."""
+        self._pending.setdefault((today(), user_id, api_key_id), Counts()).add(usage)
+        written = self._written
+        if written is None:
+            loop = asyncio.get_running_loop()
+            written = self._written = loop.create_future()
+            task = loop.create_task(self._write(written), name="usage-meter")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(written)
+
+    async def _write(self, written: asyncio.Future[None]) -> None:
+        await asyncio.sleep(self._window_s)
+        batch, self._pending, self._written = self._pending, {}, None
+        try:
+            async with self._transaction() as session:
+                for row in sorted(batch, key=str):  # one order: no deadlock between processes
+                    await add_counts(session, row, batch[row])
+        except Exception as exc:  # noqa: BLE001 - handed to every caller waiting on it
+            written.set_exception(exc)
+            written.exception()  # retrieved: callers that left early must not warn about it
+        except BaseException:
+            written.cancel()
+            raise
+        else:
+            written.set_result(None)
+
+    async def aclose(self) -> None:
+        """Wait for the writes in flight (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
