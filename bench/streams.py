@@ -509,22 +509,33 @@ def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> l
     f = results["fanout"]
     lines += [
         "",
-        "Provider TTFT is measured with the same concurrency straight against the fake; "
-        '"via Steward" is from sending the POST to the first `token` event, so it includes '
-        "authentication, the run's database rows and the first XADD.",
+        "TTFT via Steward runs from sending the POST to the first `token` event (it includes "
+        "authentication, the run's rows, the provider call and the first event's delivery). "
+        "The provider's own TTFT is what the fake measured for the same request, from its "
+        "handler's start to its first token written; **added** is the difference, stream by "
+        "stream, pooled over the rounds (300 samples at 100 streams, after an unmeasured "
+        "round at the same concurrency). The `run` event is Steward's first, sent once the "
+        "request has stored the run (its commit overlaps the provider call). Client TTFT "
+        "direct is the same clients straight against the fake at the same concurrency; the "
+        "same subtraction there, the measurement's own floor, is "
+        + ", ".join(
+            f"{ms(r['floor_p50'], r['floor_p99'])} ms at {r['n']}" for r in results["streams"]
+        )
+        + ".",
         "",
         f"### Resumable readers: {r['readers']} readers of {r['runs']} runs "
         "(`GET /runs/{id}/events`)",
         "",
-        "| events delivered | events/s | XADD-to-client lag p50 / p99 ms | Redis commands per "
+        "| events delivered | events/s | event-to-client lag p50 / p99 ms | Redis commands per "
         "event (all / XREAD) | KiB per reader | errors |",
         "|---|---|---|---|---|---|",
         f"| {r['delivered']:,} | {r['events_per_s']:,.0f} | {r['lag_p50_ms']:.1f} / "
         f"{r['lag_p99_ms']:.1f} | {r['redis_per_event']:.2f} / {r['xread_per_event']:.2f} | "
         f"{r['kib_per_reader']:.0f} | {r['errors']} |",
         "",
-        "Lag is the time from the entry's XADD (its stream id) to its arrival at the client, "
-        "counted for events written after the reader connected.",
+        "Lag is the time from the event's production (its stream id, assigned when the run "
+        "emits it) to its arrival at the client, counted for events produced after the "
+        "reader connected.",
         "",
         f"### Notification fan-out: {f['clients']} WebSocket clients of one user, "
         f"{f['messages']} messages",
