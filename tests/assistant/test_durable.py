@@ -123,6 +123,8 @@ async def test_resuming_on_another_instance_loses_and_repeats_nothing(
         # After the end: the rest, then the stream closes; the query form works too.
         tail = await read_events(on_b, alice, run_id, after=whole[-3][0], use_query=True)
         assert tail == whole[-2:]
+        # Resuming after the last event: nothing more, and the stream closes at once.
+        assert await asyncio.wait_for(read_events(on_b, alice, run_id, after=whole[-1][0]), 5) == []
 
         bad = await on_b.get(f"/api/v1/assistant/runs/{run_id}/events",
                              headers={**alice.headers, "Last-Event-ID": "not-an-id"})  # fmt: skip

@@ -385,6 +385,8 @@ async def _replay(
             after = entry_id
             if event.event == "done":
                 return
+        if not catch_up and await stream.ended_by(run_id, after):
+            return  # the reader has seen the run's last event already
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 first = await asyncio.wait_for(follower.queue.get(), min(PING_S, remaining))

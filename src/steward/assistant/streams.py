@@ -177,6 +177,14 @@ class RunLog:
         entries = await self._redis.xrange(stream_key(run_id))
         return [RunEvent.decode(fields) for _, fields in entries]
 
+    async def ended_by(self, run_id: uuid.UUID, entry_id: str) -> bool:
+        """Whether the run's `done` is its last entry, at or before `entry_id`."""
+        last = await self._redis.xrevrange(stream_key(run_id), count=1)
+        if not last:
+            return False
+        last_id, fields = last[0]
+        return fields.get(b"e") == b"done" and not is_after(last_id.decode(), entry_id)
+
     async def exists(self, run_id: uuid.UUID) -> bool:
         return bool(await self._redis.exists(stream_key(run_id)))
 
