@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 
@@ -32,6 +32,20 @@ async def owned_conversation(
 
 
 OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
+
+
+async def owned_conversation_with_history(
+    conversation_id: ConversationId, principal: AssistantUser, session: Session
+) -> tuple[Conversation, list[dict[str, Any]]]:
+    """The same, with its recent history, in one round trip (for a new message's run)."""
+    return await service.conversation_with_history(
+        session, owner_id=user_id_of(principal), conversation_id=conversation_id
+    )
+
+
+OwnedConversationWithHistory = Annotated[
+    tuple[Conversation, list[dict[str, Any]]], Depends(owned_conversation_with_history)
+]
 
 
 async def limit_assistant(request: Request, principal: AssistantUser) -> None:

@@ -41,6 +41,7 @@ from steward.assistant.deps import (
     AssistantLimited,
     AssistantUser,
     OwnedConversation,
+    OwnedConversationWithHistory,
     Runs,
     user_id_of,
 )
@@ -218,6 +219,7 @@ async def _plan(
     principal: Principal,
     conversation: Any,
     body: MessageCreate,
+    recent: list[dict[str, Any]] | None = None,
 ) -> tuple[service.Plan, service.Preloaded | None]:
     settings = resources.settings
     provider, model = service.choose_provider(
@@ -243,6 +245,7 @@ async def _plan(
         max_input_tokens=settings.assistant_max_input_tokens,
         background=body.background,
         cache=resources.cache,
+        recent=recent,
     )
 
 
@@ -258,7 +261,7 @@ async def _plan(
 )  # fmt: skip
 async def post_message(
     request: Request,
-    conversation: OwnedConversation,
+    owned: OwnedConversationWithHistory,
     body: MessageCreate,
     principal: AssistantUser,
     session: Session,
@@ -266,7 +269,8 @@ async def post_message(
     celery: CeleryApp,
 ) -> Response:
     resources = resources_of(request)
-    plan, preloaded = await _plan(resources, session, principal, conversation, body)
+    conversation, recent = owned
+    plan, preloaded = await _plan(resources, session, principal, conversation, body, recent)
     if body.background:
         # Sent to the worker once the request's transaction has committed.
         await jobs.enqueue(

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant import prompts, tokens, tools
@@ -110,22 +110,54 @@ def _chat(
     return out
 
 
-async def history(session: AsyncSession, *, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
-    # Columns, not ORM objects: read before every provider call, it only needs these.
-    query = (
+def _recent(conversation_id: Any) -> Select[Any]:
+    """The newest messages a call is built from (columns, not ORM objects), newest first."""
+    return (
         select(
-            Message.role, Message.content, Message.tool_calls, Message.tool_call_id, Message.name
+            Message.seq, Message.role, Message.content, Message.tool_calls, Message.tool_call_id,
+            Message.name,
         )
         .where(Message.conversation_id == conversation_id, Message.role != "system")
         .order_by(Message.seq.desc())
         .limit(HISTORY_LIMIT)
+    )  # fmt: skip
+
+
+def _window(rows: list[Any]) -> list[dict[str, Any]]:
+    """Oldest first, from a user message: a window that starts mid-turn would hand the
+    model a tool result without its call."""
+    start = next((i for i, row in enumerate(rows) if row[0] == "user"), len(rows))
+    return [_chat(*row) for row in rows[start:]]
+
+
+async def history(session: AsyncSession, *, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = list((await session.execute(_recent(conversation_id))).all())
+    return _window([tuple(row[1:]) for row in reversed(rows)])
+
+
+async def conversation_with_history(
+    session: AsyncSession, *, owner_id: uuid.UUID, conversation_id: uuid.UUID
+) -> tuple[Conversation, list[dict[str, Any]]]:
+    """The caller's conversation (404 for anyone else's) and its history, in one round trip:
+    both are read before every provider call."""
+    recent = _recent(Conversation.id).lateral("recent")
+    query = (
+        select(
+            Conversation,
+            recent.c.role,
+            recent.c.content,
+            recent.c.tool_calls,
+            recent.c.tool_call_id,
+            recent.c.name,
+        )
+        .outerjoin(recent, true())
+        .where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
+        .order_by(recent.c.seq)
     )
     rows = list((await session.execute(query)).all())
-    rows.reverse()
-    # A window that starts mid-turn would hand the model a tool result without its call.
-    while rows and rows[0][0] != "user":
-        rows.pop(0)
-    return [_chat(*row) for row in rows]
+    if not rows:
+        raise NotFound("no such conversation")
+    return rows[0][0], _window([tuple(row[1:]) for row in rows if row[1] is not None])
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +251,7 @@ async def start_run(
     max_input_tokens: int,
     background: bool,
     cache: Cache | None = None,
+    recent: list[dict[str, Any]] | None = None,
 ) -> tuple[Plan, Preloaded | None]:
     """Check the message fits, store it and its run; the caller commits and executes.
     A background run waits "queued" for a worker to claim it; an interactive one starts
@@ -243,7 +276,12 @@ async def start_run(
         )
     # Read before the writes below: an interactive run's writes are not flushed here, they
     # go with the commit, which the caller overlaps with the provider call.
-    past = None if background else await history(session, conversation_id=conversation.id)
+    if background:
+        past = None
+    elif recent is not None:  # read with the conversation (conversation_with_history)
+        past = recent
+    else:
+        past = await history(session, conversation_id=conversation.id)
     run = Run(
         id=new_id(),
         conversation_id=conversation.id,
