@@ -46,7 +46,7 @@ class ProviderConfig(BaseModel):
     max_retries: int = Field(default=3, ge=0, le=10)
     # Idle connections are dropped before the server's keep-alive ends, or a request sent on
     # one the server is closing fails (uvicorn, under vLLM, closes after 5 s).
-    keepalive_s: float = Field(default=4.0, ge=0)
+    keepalive_s: float = Field(default=4.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
 
     def resolved_key(self) -> str | None:

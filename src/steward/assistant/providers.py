@@ -179,10 +179,11 @@ class OpenAICompatible:
             api_key=config.resolved_key() or "unused",
             max_retries=0,
             timeout=timeout,
-            # The SDK's aiohttp transport (its `aiohttp` extra): reading a streamed reply
-            # through the default one (httpcore and anyio, a cancel scope per read) was
-            # over half of what a stream cost this process to read, measured under 100
-            # streams; errors still arrive as the SDK's own.
+            # The SDK's aiohttp transport (its `aiohttp` extra): through the default one
+            # (httpcore and anyio, a cancel scope per read) reading the provider's chunks
+            # was over half of the stream-reading samples in py-spy profiles under 100
+            # streams, and added TTFT fell with this one (bench/RESULTS.md); errors still
+            # arrive as the SDK's own.
             http_client=openai.DefaultAioHttpClient(
                 timeout=timeout,
                 limits=httpx2.Limits(

@@ -46,13 +46,13 @@ Pending = tuple[uuid.UUID, RunEvent, str]  # (run, event, entry id or "*")
 
 
 class RunLog:
-    """Appends and reads run events. A failed append is logged and the event still goes to
-    the live reader (without an id): an answer must not die because Redis blinked.
+    """Appends and reads run events. A failed append is logged, not raised: the live reader
+    has the event already (see EntryIds) and an answer must not die because Redis blinked.
 
     Runs executing here hand their events to `enqueue`: one writer task per process sends
     whatever every run queued meanwhile in one pipelined round trip, in order. Per-run
-    writers cost a task switch and a round trip per token; at a hundred streams of twenty
-    tokens a second that was a tenth of the process's CPU."""
+    writers cost a task switch and a round trip per token, for each of a hundred streams
+    at twenty tokens a second."""
 
     def __init__(
         self, redis: Redis, *, ttl_s: int, maxlen: int, live_ttl_s: int, linger_s: float = 0.005
@@ -83,11 +83,8 @@ class RunLog:
         return cls(redis, ttl_s=settings.run_stream_ttl_s, maxlen=settings.run_stream_maxlen,
                    live_ttl_s=int(longest))  # fmt: skip
 
-    def enqueue(
-        self, run_id: uuid.UUID, event: RunEvent, entry_id: str = "*"
-    ) -> asyncio.Future[None]:
-        """Queue one append for the writer; the future completes once it has been sent
-        (a failure is logged, as for `append`)."""
+    def enqueue(self, run_id: uuid.UUID, event: RunEvent, entry_id: str = "*") -> None:
+        """Queue one append for the writer (`flush` waits for it; a failure is logged)."""
         loop = asyncio.get_running_loop()
         self._queued.append((run_id, event, entry_id))
         if self._next is None:
@@ -95,7 +92,6 @@ class RunLog:
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write(), name="run-log")
         self._wake.set()
-        return self._next
 
     async def _write(self) -> None:
         while True:

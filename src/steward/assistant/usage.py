@@ -3,10 +3,11 @@ run and gateway call, written in batches.
 
 Every call of one user (or key) adds to the same row, so a write per call made calls that
 ended together queue on that row's lock, each holding a pooled connection: at 1,000 streams
-of one user the pool ran dry and runs ending then could not be recorded. Calls ending within
-`window_s` of each other are now added up in process and written together, one statement per
-row, in one transaction; each caller still waits until its tokens are stored (or learns that
-they were not), so nothing is counted only in memory.
+of one user the pool ran dry and runs ending then could not be recorded. One writer per
+process now sends the counts: at once when it is idle, and what arrived while a write was in
+flight added up in the next one (one statement per row, one transaction). Each caller still
+waits until its tokens are stored (or learns that they were not), so nothing is counted only
+in memory, and an idle process adds no delay.
 """
 
 from __future__ import annotations
@@ -76,48 +77,45 @@ class UsageMeter:
     """Batches the counters' writes of this process (see the module's docstring)."""
 
     def __init__(
-        self,
-        transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]],
-        *,
-        window_s: float = 0.05,
+        self, transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]]
     ) -> None:
         self._transaction = transaction
-        self._window_s = window_s
         self._pending: dict[Row, Counts] = {}
-        self._written: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._written: asyncio.Future[None] | None = None  # done when `_pending` is stored
+        self._writer: asyncio.Task[None] | None = None
 
     async def record(
         self, *, user_id: uuid.UUID, api_key_id: uuid.UUID | None, usage: Usage
     ) -> None:
         """Add one call's tokens; returns once they are stored, raises if they could not be."""
+        loop = asyncio.get_running_loop()
         self._pending.setdefault((today(), user_id, api_key_id), Counts()).add(usage)
+        if self._written is None:
+            self._written = loop.create_future()
         written = self._written
-        if written is None:
-            loop = asyncio.get_running_loop()
-            written = self._written = loop.create_future()
-            task = loop.create_task(self._write(written), name="usage-meter")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write(), name="usage-meter")
         await asyncio.shield(written)
 
-    async def _write(self, written: asyncio.Future[None]) -> None:
-        await asyncio.sleep(self._window_s)
-        batch, self._pending, self._written = self._pending, {}, None
-        try:
-            async with self._transaction() as session:
-                for row in sorted(batch, key=str):  # one order: no deadlock between processes
-                    await add_counts(session, row, batch[row])
-        except Exception as exc:  # noqa: BLE001 - handed to every caller waiting on it
-            written.set_exception(exc)
-            written.exception()  # retrieved: callers that left early must not warn about it
-        except BaseException:
-            written.cancel()
-            raise
-        else:
-            written.set_result(None)
+    async def _write(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            written, self._written = self._written, None
+            assert written is not None
+            try:
+                async with self._transaction() as session:
+                    for row in sorted(batch, key=str):  # one order: no deadlock across processes
+                        await add_counts(session, row, batch[row])
+            except Exception as exc:  # noqa: BLE001 - handed to every caller waiting on it
+                written.set_exception(exc)
+                written.exception()  # retrieved: callers that left early must not warn
+            except BaseException:
+                written.cancel()
+                raise
+            else:
+                written.set_result(None)
 
     async def aclose(self) -> None:
         """Wait for the writes in flight (at shutdown)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
