@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant.models import UsageDay
@@ -47,30 +47,33 @@ class Counts:
 Row = tuple[date, uuid.UUID, uuid.UUID | None]  # (day, user, API key)
 
 
+def _add_counts() -> Insert:
+    statement = insert(UsageDay)
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["day", "user_id", "api_key_id"],
+        set_={
+            "requests": UsageDay.requests + excluded.requests,
+            "prompt_tokens": UsageDay.prompt_tokens + excluded.prompt_tokens,
+            "completion_tokens": UsageDay.completion_tokens + excluded.completion_tokens,
+            "total_tokens": UsageDay.total_tokens + excluded.total_tokens,
+        },
+    )
+
+
+# Built once, like the other statements of a run's path: `excluded` is an alias of the
+# table whose columns, made anew per statement, are garbage only the collector frees.
+_ADD_COUNTS = _add_counts()
+
+
 async def add_counts(session: AsyncSession, row: Row, counts: Counts) -> None:
     """Add `counts` to one day's row for this user and key (created if absent)."""
     day, user_id, api_key_id = row
-    statement = insert(UsageDay).values(
-        day=day,
-        user_id=user_id,
-        api_key_id=api_key_id,
-        requests=counts.requests,
-        prompt_tokens=counts.prompt_tokens,
-        completion_tokens=counts.completion_tokens,
-        total_tokens=counts.total_tokens,
-    )
-    excluded = statement.excluded
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["day", "user_id", "api_key_id"],
-            set_={
-                "requests": UsageDay.requests + excluded.requests,
-                "prompt_tokens": UsageDay.prompt_tokens + excluded.prompt_tokens,
-                "completion_tokens": UsageDay.completion_tokens + excluded.completion_tokens,
-                "total_tokens": UsageDay.total_tokens + excluded.total_tokens,
-            },
-        )
-    )
+    await session.execute(_ADD_COUNTS, {
+        "day": day, "user_id": user_id, "api_key_id": api_key_id,
+        "requests": counts.requests, "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens, "total_tokens": counts.total_tokens,
+    })  # fmt: skip
 
 
 class UsageMeter:
