@@ -25,8 +25,6 @@ from fastapi import (
     status,
 )
 from pydantic import ValidationError
-from sse_starlette import EventSourceResponse
-from starlette.types import Message, Send
 
 from steward.accounts.deps import (
     Admin,
@@ -78,6 +76,7 @@ from steward.platform.errors import (
 from steward.platform.pagination import Cursor, Limit, Page, invalid_cursor
 from steward.platform.resources import Resources
 from steward.platform.sockets import CLOSE_LIFETIME, CLOSE_LIMITED
+from steward.platform.sse import EventStream
 
 log = structlog.get_logger(__name__)
 
@@ -112,18 +111,6 @@ def _sse(entry_id: str | None, event: RunEvent) -> bytes:
         event.event.encode(),
         orjson.dumps(event.data),
     )
-
-
-class EventStream(EventSourceResponse):
-    """sse-starlette's response without a cancel scope around every send when no send
-    timeout is set (it has none here): entering and leaving that scope for every token
-    stood out in py-spy profiles of the process under a hundred streams."""
-
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        if self.send_timeout is None:
-            await send(message)
-        else:
-            await super()._send_with_timeout(send, message)
 
 
 # Events that are already waiting go out as one write: under load this saves an ASGI send
