@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from steward.assistant.offline import OfflineProvider
 from steward.assistant.providers import (
@@ -198,65 +192,68 @@ class Providers:
             )
 
     async def _open_one(self, provider: Provider, request: ChatRequest) -> Opened:
-        breaker = self._breakers[provider.name]
-        attempts = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(provider.config.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception_type(ProviderUnavailable),
-            before_sleep=lambda state: self._before_sleep(provider.name, state),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                attempts += 1
-                if not breaker.allow():
-                    CALLS.labels(provider.name, "open").inc()
-                    raise CircuitOpen(f"{provider.name} is failing; circuit open",
-                                      provider=provider.name)  # fmt: skip
-                try:
-                    first, rest = await _first_chunk(provider, request)
-                except ProviderUnavailable:
-                    CALLS.labels(provider.name, "unavailable").inc()
-                    breaker.failure()
-                    raise
-                except ProviderError as exc:
-                    CALLS.labels(provider.name, exc.kind.removeprefix("provider_")).inc()
-                    # A refused request says nothing about the provider's health.
-                    breaker.success() if exc.status is not None else breaker.failure()
-                    raise
-                CALLS.labels(provider.name, "ok").inc()
-                breaker.success()
-                return Opened(provider=provider, model=request.model, first=first, rest=rest,
-                              attempts=attempts)  # fmt: skip
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        """The call with its retries: a transient failure (ProviderUnavailable) is tried
+        again up to `max_retries` times, after the provider's Retry-After or else a full-
+        jitter exponential backoff; anything else is final.
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            if retry_after > _MAX_HONOURED_RETRY_AFTER_S:
-                raise exc  # type: ignore[misc]  # waiting that long would outlast the client
-            return float(retry_after)
-        backoff = wait_random_exponential(
-            multiplier=self._settings.assistant_retry_base_s,
-            max=self._settings.assistant_retry_max_s,
+        A loop rather than tenacity, which this used before: its per-call objects (the
+        retrying object, its thread-local state, the attempt's future) form reference
+        cycles, garbage on every call that only the collector frees, and the collector's
+        pauses were the tail of added time to first token under load (bench/RESULTS.md)."""
+        breaker = self._breakers[provider.name]
+        attempts = provider.config.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            if not breaker.allow():
+                CALLS.labels(provider.name, "open").inc()
+                raise CircuitOpen(f"{provider.name} is failing; circuit open",
+                                  provider=provider.name)  # fmt: skip
+            try:
+                first, rest = await _first_chunk(provider, request)
+            except ProviderUnavailable as exc:
+                CALLS.labels(provider.name, "unavailable").inc()
+                breaker.failure()
+                if attempt == attempts:
+                    raise
+                wait_s = self._wait_s(exc, attempt)
+                self._log_retry(provider.name, exc, attempt, wait_s)
+                await asyncio.sleep(wait_s)
+                continue
+            except ProviderError as exc:
+                CALLS.labels(provider.name, exc.kind.removeprefix("provider_")).inc()
+                # A refused request says nothing about the provider's health.
+                breaker.success() if exc.status is not None else breaker.failure()
+                raise
+            CALLS.labels(provider.name, "ok").inc()
+            breaker.success()
+            return Opened(provider=provider, model=request.model, first=first, rest=rest,
+                          attempts=attempt)  # fmt: skip
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _wait_s(self, exc: ProviderUnavailable, attempt: int) -> float:
+        """Seconds before attempt `attempt + 1`: the provider's Retry-After if it sent one,
+        else uniform in [0, min(max, base * 2 ** (attempt - 1))] (full jitter)."""
+        if exc.retry_after is not None:
+            if exc.retry_after > _MAX_HONOURED_RETRY_AFTER_S:
+                raise exc  # waiting that long would outlast the client
+            return float(exc.retry_after)
+        ceiling = min(
+            self._settings.assistant_retry_max_s,
+            self._settings.assistant_retry_base_s * 2 ** (attempt - 1),
         )
-        return float(backoff(state))
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
 
     @staticmethod
-    def _before_sleep(name: str, state: RetryCallState) -> None:
+    def _log_retry(name: str, exc: ProviderUnavailable, attempt: int, wait_s: float) -> None:
         RETRIES.labels(name).inc()
-        exc = state.outcome.exception() if state.outcome is not None else None
         log.warning(
             "provider.retry",
             provider=name,
-            attempt=state.attempt_number,
+            attempt=attempt,
             error=type(exc).__name__,
             # What the SDK or its HTTP client raised (which connection error, which timeout).
-            cause=type(exc.__cause__).__name__ if exc is not None and exc.__cause__ else None,
-            status=getattr(exc, "status", None),
-            wait_s=round(state.upcoming_sleep, 3),
+            cause=type(exc.__cause__).__name__ if exc.__cause__ else None,
+            status=exc.status,
+            wait_s=round(wait_s, 3),
         )
 
     async def aclose(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Select, bindparam, delete, select, true, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant import prompts, tokens, tools
@@ -409,6 +410,27 @@ async def add_message(
     return message
 
 
+# Built once (see _WITH_HISTORY): `in_()` with a list makes an expanding parameter anew.
+_FINISH_RUN = (
+    update(Run)
+    .where(
+        Run.id == bindparam("run_id"),
+        Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]),
+    )
+    .values(
+        status=bindparam("new_status"),
+        prompt_tokens=bindparam("new_prompt_tokens"),
+        completion_tokens=bindparam("new_completion_tokens"),
+        total_tokens=bindparam("new_total_tokens"),
+        first_token_at=bindparam("new_first_token_at"),
+        finished_at=bindparam("new_finished_at"),
+        # None as SQL NULL, as a literal None in values() would be (not JSON null).
+        error=bindparam("new_error", type_=JSONB(none_as_null=True)),
+    )
+    .returning(Run.id)
+)
+
+
 async def finish_run(
     session: AsyncSession,
     *,
@@ -419,20 +441,13 @@ async def finish_run(
     error: dict[str, Any] | None = None,
 ) -> bool:
     """Record how a run ended; False if it had already ended (a cancel won the race)."""
-    result = await session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
-        .values(
-            status=status.value,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-            first_token_at=first_token_at,
-            finished_at=_now(),
-            error=error,
-        )
-        .returning(Run.id)
-    )
+    result = await session.execute(_FINISH_RUN, {
+        "run_id": run_id, "new_status": status.value,
+        "new_prompt_tokens": usage.prompt_tokens,
+        "new_completion_tokens": usage.completion_tokens,
+        "new_total_tokens": usage.total_tokens, "new_first_token_at": first_token_at,
+        "new_finished_at": _now(), "new_error": error,
+    })  # fmt: skip
     return result.scalar_one_or_none() is not None
 
 
