@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's view so that full collections stay short under load (lower p99).
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*settings.gc_thresholds)
         log.info("app.started", environment=settings.environment.value, version=__version__)
         try:
             yield

@@ -1,7 +1,9 @@
-"""Liveness and readiness, including a dependency that is down."""
+"""Liveness and readiness, including a dependency that is down; the process settings the
+app applies when it starts."""
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import httpx
@@ -83,3 +85,13 @@ async def test_ready_checks_a_separate_broker(engines: EngineSet, clean_state: N
         response = await _get(up, "/ready")
         assert response.status_code == 200
         assert response.json()["checks"]["broker"] == "ok"
+
+
+async def test_the_app_sets_its_gc_thresholds(engines: EngineSet) -> None:
+    before = gc.get_threshold()
+    app = create_app(make_settings(engines, gc_thresholds=(900, 11, 77)))
+    try:
+        async with LifespanManager(app):
+            assert gc.get_threshold() == (900, 11, 77)
+    finally:
+        gc.set_threshold(*before)

@@ -76,3 +76,10 @@ def test_prod_refuses_unsafe_settings_with_one_line(change: dict[str, object], r
 def test_invalid_values_are_rejected() -> None:
     with pytest.raises(ValueError, match="port"):
         _settings(port=70000)
+
+
+def test_gc_thresholds_are_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GC_THRESHOLDS", "[1000, 20, 50]")
+    assert Settings(_env_file=None).gc_thresholds == (1000, 20, 50)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="gc_thresholds"):
+        _settings(gc_thresholds=(0, 10, 100))  # 0 would switch the collector off
