@@ -268,15 +268,17 @@ async def post_message(
             media_type="application/json",
             headers={"Location": f"{API_V1}/assistant/runs/{plan.run_id}"},
         )
-    # The provider call starts now; the run's rows are committed meanwhile (the run's own
-    # writes wait for this commit, and a failed commit stops the run unrecorded).
+    # The provider call starts now; the run's rows are stored and committed meanwhile (the
+    # run's own writes wait for this commit, and a failed commit stops the run unrecorded).
     assert preloaded is not None  # an interactive run's prompt and history
     committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     live = runs.start(resources, plan, preloaded, committed)
-    # Let the run's task send the provider request before the commit's flush takes the
-    # loop for a few milliseconds of CPU (the task runs until it waits for the reply).
+    # Let the run's task get its provider request going before the rows' write and commit
+    # take the loop (the task runs until it first waits).
     await asyncio.sleep(0)
     try:
+        await service.store_run(session, plan=plan, prompt=preloaded.prompt,
+                                content=body.content, background=False)  # fmt: skip
         await session.commit()
     except BaseException:
         committed.set_result(False)
@@ -528,7 +530,9 @@ async def _on_socket_message(
         )
         plan, preloaded = await _plan(resources, session, principal, conversation,
                                       body.model_copy(update={"background": False}))  # fmt: skip
-    assert preloaded is not None  # an interactive run's prompt and history
+        assert preloaded is not None  # an interactive run's prompt and history
+        await service.store_run(session, plan=plan, prompt=preloaded.prompt,
+                                content=body.content, background=False)  # fmt: skip
     return runs.start(resources, plan, preloaded)
 
 
