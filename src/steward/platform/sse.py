@@ -3,10 +3,10 @@
 sse-starlette runs each response as four tasks (the stream, pings, a shutdown watch and a
 disconnect watch) and cancels the others when one ends. Every cancellation leaves an
 exception whose traceback holds the response's frames (and through them the request's
-whole cycle) in reference cycles: about 130 objects per response that only the garbage
-collector frees. With a hundred streams open, the collector's pauses that this garbage
-brought on were the tail of time to first token (bench/RESULTS.md). Here a normal end
-cancels nothing:
+whole cycle) in reference cycles: a hundred objects or more per response that only the
+garbage collector frees. With a hundred streams open, the collector's pauses that this
+garbage brought on were the tail of time to first token (bench/RESULTS.md). Here a normal
+end cancels nothing:
 
 - the body is sent from the request's own task;
 - pings come from a timer, which sends one only if the stream is still open;
@@ -77,6 +77,8 @@ class EventStream(EventSourceResponse):
             return  # the server is shutting down: sse-starlette would not start either
         loop = asyncio.get_running_loop()
         stop = _Stop(task)
+        # sse-starlette's shutdown registry is internal to it (its version is pinned in
+        # uv.lock, and tests/platform/test_sse.py checks that a shutdown ends a stream).
         shutdown = _sse_starlette._get_shutdown_state()
         _sse_starlette._ensure_watcher_started_on_this_loop()
         shutdown.events.add(stop)  # type: ignore[arg-type]  # it only calls set()
