@@ -146,6 +146,8 @@ class Stack:
     port: int
     process: subprocess.Popen[bytes]
     fake: subprocess.Popen[bytes]
+    api_env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
     token: str = ""
     user_id: str = ""
     conversations: list[str] = field(default_factory=list)
@@ -177,23 +179,43 @@ def start_stack(env: dict[str, str], *, token_delay_s: float, tokens: int, free_
     api_env = {**env, "ASSISTANT_PROVIDERS": json.dumps(providers),
                "RATE_LIMIT_ASSISTANT": "1000000000/minute", "DB_POOL_SIZE": "30",
                "DB_MAX_OVERFLOW": "20", "REALTIME_QUEUE_SIZE": "1000"}  # fmt: skip
-    process = subprocess.Popen(
-        [PYTHON, "-m", "steward", "api", "--port", str(port)], env=api_env, cwd=ROOT,
-        stdout=(out / "steward-streams.log").open("wb"), stderr=subprocess.STDOUT,
+    (out / "steward-streams.log").write_bytes(b"")
+    stack = Stack(provider_port=provider_port, port=port, process=_api(port, api_env, out),
+                  fake=fake, api_env=api_env, log=out)  # fmt: skip
+    _wait_ready(stack)
+    return stack
+
+
+def _api(port: int, env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "steward", "api", "--port", str(port)], env=env, cwd=ROOT,
+        stdout=(out / "steward-streams.log").open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    stack = Stack(provider_port=provider_port, port=port, process=process, fake=fake)
+
+
+def _wait_ready(stack: Stack) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if (
                 httpx.get(f"{stack.base}/health").status_code == 200
-                and httpx.get(f"http://127.0.0.1:{provider_port}/v1/models").status_code == 200
+                and httpx.get(f"http://127.0.0.1:{stack.provider_port}/v1/models").status_code
+                == 200
             ):
-                return stack
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     raise RuntimeError("the streaming stack did not start")
+
+
+async def restart_api(stack: Stack) -> None:
+    """A new API process on the same port: the next scenario starts on a fresh heap."""
+    stack.process.terminate()
+    await asyncio.to_thread(stack.process.wait, 20)
+    assert stack.log is not None
+    stack.process = _api(stack.port, stack.api_env, stack.log)
+    await asyncio.to_thread(_wait_ready, stack)
 
 
 def stop_stack(stack: Stack) -> None:
@@ -274,7 +296,6 @@ async def assistant_streams(
     by the load on these shared cores is not counted as Steward's."""
     direct, floor = await _provider_direct(stack, n, spread_s)
     before_lag = await histogram(stack.base, "steward_event_loop_lag_seconds")
-    idle = rss_kib(stack.process.pid)
     ttft: dict[str, float] = {}
     accepted: dict[str, float] = {}  # the `run` event: the request's own work is done
     own: dict[str, float] = {}
@@ -302,14 +323,13 @@ async def assistant_streams(
         except (OSError, RuntimeError):
             errors += 1
 
-    with Sampler(stack.process.pid) as sampler:
-        for round_no in range(rounds):
-            await _own_first_tokens(stack)
-            counted = [0]
-            started = time.perf_counter()
-            await _staggered(n, spread_s, lambda i, r=round_no, c=counted: one(r, i, c))
-            rates.append(counted[0] / (time.perf_counter() - started))
-            own.update(await _own_first_tokens(stack))
+    for round_no in range(rounds):
+        await _own_first_tokens(stack)
+        counted = [0]
+        started = time.perf_counter()
+        await _staggered(n, spread_s, lambda i, r=round_no, c=counted: one(r, i, c))
+        rates.append(counted[0] / (time.perf_counter() - started))
+        own.update(await _own_first_tokens(stack))
     lag_p99 = await histogram_quantile(
         stack.base, "steward_event_loop_lag_seconds", 0.99, before_lag
     )
@@ -331,7 +351,33 @@ async def assistant_streams(
                             round(accepted.get(k, 0) * 1000, 1), round(own.get(k, 0) * 1000, 1),
                             k) for k, t in ttft.items()), reverse=True)[:8],
         "offered_per_s": n * tokens / (2 * spread_s),
-        "kib_per_stream": (sampler.peak - idle) / n, "lag_p99_ms": lag_p99 * 1000,
+        "lag_p99_ms": lag_p99 * 1000,
+    }  # fmt: skip
+
+
+async def stream_memory(stack: Stack, n: int) -> dict[str, Any]:
+    """The API process's RSS with `n` streams open at once, on a heap that no other scenario
+    has grown yet (after a few streams have filled the process's caches and pools): what an
+    open stream costs, its provider connection and buffers included."""
+
+    async def one(i: int) -> int:
+        conversation = stack.conversations[i % len(stack.conversations)]
+        body = json.dumps({"content": f"memory {n}.{i}"}).encode()
+        tokens = 0
+        async for _, event, _, _ in sse(
+            stack.port, "POST", f"/api/v1/assistant/conversations/{conversation}/messages",
+            stack.auth, body,
+        ):  # fmt: skip
+            tokens += event == "token"
+        return tokens
+
+    await asyncio.gather(*(one(i) for i in range(5)))
+    idle = rss_kib(stack.process.pid)
+    with Sampler(stack.process.pid) as sampler:
+        delivered = await asyncio.gather(*(one(i) for i in range(n)))
+    return {
+        "n": n, "idle_mib": idle / 1024, "peak_mib": sampler.peak / 1024,
+        "kib_per_stream": (sampler.peak - idle) / n, "complete": sum(d > 0 for d in delivered),
     }  # fmt: skip
 
 
@@ -458,8 +504,12 @@ async def websocket_fanout(
 async def run_all(stack: Stack, redis_url: str, reply_s: float, tokens: int) -> dict[str, Any]:
     await seed(stack, conversations=100)
     results: dict[str, Any] = {"streams": [], "readers": None, "fanout": None}
-    # Fan-out first: memory per connection is read on a heap that has not yet grown (and
-    # freed) for the other scenarios, which would hide the growth.
+    # Memory first, and each memory figure on a fresh process: later scenarios reuse memory
+    # that earlier ones freed, which would hide the growth.
+    results["memory"] = await stream_memory(stack, 100)
+    print(f"stream memory: {results['memory']}", flush=True)
+    await restart_api(stack)
+    # Then the fan-out, whose memory per connection is read on that fresh process.
     results["fanout"] = await websocket_fanout(stack, redis_url, clients=1000, messages=20)
     print(f"websocket fan-out: {results['fanout']}", flush=True)
     # Warm-up at the measured concurrency: pools (database, provider connections, Redis)
@@ -488,9 +538,8 @@ def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> l
         "",
         "| streams (rounds) | provider's own TTFT p50 / p99 ms | client TTFT direct p50 / p99 "
         "ms | via Steward p50 / p99 ms | **added by Steward p50 / p99 ms** | `run` event p50 / "
-        "p99 ms | tokens/s delivered (offered) | errors | KiB per open stream | event-loop lag "
-        "p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "p99 ms | tokens/s delivered (offered) | errors | event-loop lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(a: float, b: float) -> str:
@@ -503,11 +552,18 @@ def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> l
             f"**{ms(r['added_p50'], r['added_p99'])}** | "
             f"{ms(r['run_event_p50'], r['run_event_p99'])} | {r['tokens_per_s']:,.0f} "
             f"({r['offered_per_s']:,.0f}) | "
-            f"{r['errors']} | {r['kib_per_stream']:.0f} | {r['lag_p99_ms']:.0f} |"
+            f"{r['errors']} | {r['lag_p99_ms']:.0f} |"
         )
     r = results["readers"]
     f = results["fanout"]
+    m = results["memory"]
     lines += [
+        "",
+        f"**Memory per open stream: {m['kib_per_stream']:.0f} KiB.** {m['n']} streams opened at "
+        "once on a fresh API process (after 5 streams filled its caches and pools) took its "
+        f"RSS from {m['idle_mib']:.1f} to {m['peak_mib']:.1f} MiB at the peak, the provider "
+        f"connection and every buffer of each stream included ({m['complete']} of {m['n']} "
+        "streams delivered tokens).",
         "",
         "TTFT via Steward runs from sending the POST to the first `token` event (it includes "
         "authentication, the run's rows, the provider call and the first event's delivery). "
