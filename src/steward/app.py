@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
 from steward.accounts import router as accounts_router
-from steward.assistant import gateway
+from steward.assistant import gateway, tokens
 from steward.assistant import router as assistant_router
 from steward.assistant.runner import ActiveRuns
 from steward.assistant.streams import RunFollowers
@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         near_cache = asyncio.create_task(
             resources.cache.follow_invalidations(), name="cache-invalidations"
         )
+        # In a thread, so that start-up does not wait for it; the first run would otherwise.
+        tokenizer = asyncio.create_task(asyncio.to_thread(tokens.load), name="tokenizer-load")
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's view so that full collections stay short under load (lower p99).
         gc.collect()
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Runs in flight end as "cancelled" (recorded, and told to their readers).
             loop_watch.cancel()
             near_cache.cancel()
+            await asyncio.gather(tokenizer, return_exceptions=True)
             await runs.cancel_all()
             await followers.aclose()
             await resources.close()

@@ -1,8 +1,9 @@
-"""Liveness and readiness, including a dependency that is down; the process settings the
-app applies when it starts."""
+"""Liveness and readiness, including a dependency that is down; what the app sets up in the
+process when it starts."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 
@@ -10,6 +11,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from steward.app import create_app
+from steward.assistant import tokens
 from tests.conftest import make_settings
 from tests.engines import EngineSet, reachable
 
@@ -95,3 +97,13 @@ async def test_the_app_sets_its_gc_thresholds(engines: EngineSet) -> None:
             assert gc.get_threshold() == (900, 11, 77)
     finally:
         gc.set_threshold(*before)
+
+
+async def test_the_app_loads_the_tokenizer_when_it_starts(engines: EngineSet) -> None:
+    tokens._encoding.cache_clear()
+    async with LifespanManager(create_app(make_settings(engines))):
+        for _ in range(100):  # loaded in a thread; about 150 ms
+            if tokens._encoding.cache_info().currsize:
+                break
+            await asyncio.sleep(0.05)
+        assert tokens._encoding.cache_info().currsize == 1

