@@ -146,8 +146,8 @@ class Stack:
     port: int
     process: subprocess.Popen[bytes]
     fake: subprocess.Popen[bytes]
-    api_env: dict[str, str] = field(default_factory=dict)
-    log: Path | None = None
+    api_env: dict[str, str]  # to start the API process again (restart_api)
+    out: Path  # where its log goes
     token: str = ""
     user_id: str = ""
     conversations: list[str] = field(default_factory=list)
@@ -181,7 +181,7 @@ def start_stack(env: dict[str, str], *, token_delay_s: float, tokens: int, free_
                "DB_MAX_OVERFLOW": "20", "REALTIME_QUEUE_SIZE": "1000"}  # fmt: skip
     (out / "steward-streams.log").write_bytes(b"")
     stack = Stack(provider_port=provider_port, port=port, process=_api(port, api_env, out),
-                  fake=fake, api_env=api_env, log=out)  # fmt: skip
+                  fake=fake, api_env=api_env, out=out)  # fmt: skip
     _wait_ready(stack)
     return stack
 
@@ -213,8 +213,7 @@ async def restart_api(stack: Stack) -> None:
     """A new API process on the same port: the next scenario starts on a fresh heap."""
     stack.process.terminate()
     await asyncio.to_thread(stack.process.wait, 20)
-    assert stack.log is not None
-    stack.process = _api(stack.port, stack.api_env, stack.log)
+    stack.process = _api(stack.port, stack.api_env, stack.out)
     await asyncio.to_thread(_wait_ready, stack)
 
 

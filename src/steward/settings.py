@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # The API process's garbage collector (gc.set_threshold). CPython's own are (700, 10, 10);
     # the third is how many middle-generation collections precede a full one. A full
-    # collection walks every object the process holds (15-35 ms under a hundred streams,
+    # collection walks every object the process holds (11-35 ms under a hundred streams,
     # on the request path's one event loop) and the request path leaves almost no cycles
     # for it to find (bench/RESULTS.md), so it runs ten times less often here.
     gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] = (700, 10, 100)

@@ -131,8 +131,12 @@ def _window(rows: list[Any]) -> list[dict[str, Any]]:
     return [_chat(*row) for row in rows[start:]]
 
 
+_HISTORY = _recent(bindparam("conversation_id"))  # built once (see _WITH_HISTORY)
+
+
 async def history(session: AsyncSession, *, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = list((await session.execute(_recent(conversation_id))).all())
+    params = {"conversation_id": conversation_id}
+    rows = list((await session.execute(_HISTORY, params)).all())
     return _window([tuple(row[1:]) for row in reversed(rows)])
 
 
@@ -321,7 +325,7 @@ def _store_run() -> Update:
     new_run = (
         insert(runs)
         .values(
-            id=bindparam("run_id"), conversation_id=bindparam("run_conversation_id"),
+            id=bindparam("of_run"), conversation_id=bindparam("of_conversation"),
             owner_id=bindparam("run_owner_id"), api_key_id=bindparam("run_api_key_id"),
             status=bindparam("run_status"), started_at=bindparam("run_started_at"),
             attempts=bindparam("run_attempts"), background=bindparam("run_background"),
@@ -334,15 +338,15 @@ def _store_run() -> Update:
     new_message = (
         insert(messages)
         .values(
-            id=bindparam("message_id"), conversation_id=bindparam("message_conversation_id"),
-            run_id=bindparam("message_run_id"), role="user",
+            id=bindparam("message_id"), conversation_id=bindparam("of_conversation"),
+            run_id=bindparam("of_run"), role="user",
             content=bindparam("message_content"),
         )
         .cte("new_message")
     )  # fmt: skip
     return (
         update(conversations)
-        .where(conversations.c.id == bindparam("conversation_id"))
+        .where(conversations.c.id == bindparam("of_conversation"))
         .values(updated_at=func.now())
         .add_cte(new_run)
         .add_cte(new_message)
@@ -366,15 +370,13 @@ async def store_run(
 ) -> None:
     """Write a new run and the user message that asked for it (the caller commits)."""
     await session.execute(_STORE_RUN, {
-        "run_id": plan.run_id, "run_conversation_id": plan.conversation_id,
+        "of_run": plan.run_id, "of_conversation": plan.conversation_id,
         "run_owner_id": plan.user_id, "run_api_key_id": plan.api_key_id,
         "run_status": (RunStatus.QUEUED if background else RunStatus.RUNNING).value,
         "run_started_at": None if background else _now(), "run_attempts": 0 if background else 1,
         "run_background": background, "run_provider": plan.provider, "run_model": plan.model,
         "run_prompt_name": prompt.name, "run_prompt_version": prompt.version,
-        "message_id": new_id(), "message_conversation_id": plan.conversation_id,
-        "message_run_id": plan.run_id, "message_content": content,
-        "conversation_id": plan.conversation_id,
+        "message_id": new_id(), "message_content": content,
     })  # fmt: skip
 
 
