@@ -21,7 +21,7 @@ from steward.assistant.runner import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
 from steward.notifications import router as realtime_router
-from steward.platform import errors, health, tracing
+from steward.platform import errors, health, openapi, tracing
 from steward.platform.logging import configure_logging
 from steward.platform.metrics import MetricsMiddleware, watch_event_loop
 from steward.platform.middleware import (
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     errors.install_handlers(app)
+    openapi.install(app)
     tracing.instrument(app, settings)
     # Probes hit these constantly: routes of the app itself match before any included router.
     for route in health.router.routes:

@@ -4,6 +4,7 @@ dead letter, and no deliveries to private addresses unless allowed."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,12 @@ class Receiver:
     async def _hook(self, request: Request) -> Response:
         self.received.append((dict(request.headers), await request.body()))
         return Response(status_code=self.statuses.pop(0) if self.statuses else 200)
+
+
+@pytest.fixture
+def settings(engines: EngineSet, request: pytest.FixtureRequest) -> Settings:
+    """The suite's settings; tests that post to a local receiver allow private addresses."""
+    return make_settings(engines, **getattr(request, "param", {}))
 
 
 @pytest.fixture
@@ -98,6 +105,7 @@ async def test_webhook_is_the_owners_and_its_secret_is_shown_once(
     assert (await client.get(HOOK, headers=alice.headers)).status_code == 404
 
 
+@pytest.mark.parametrize("settings", [{"webhook_allow_private": True}], indirect=True)
 async def test_reminder_is_delivered_signed(
     client: httpx.AsyncClient, receiver: Receiver, webhook_worker: Celery
 ) -> None:
@@ -118,6 +126,7 @@ async def test_reminder_is_delivered_signed(
     assert headers["steward-delivery"] == event["id"]
 
 
+@pytest.mark.parametrize("settings", [{"webhook_allow_private": True}], indirect=True)
 async def test_failing_endpoint_is_retried_then_dead_lettered(
     client: httpx.AsyncClient, app: FastAPI, receiver: Receiver, webhook_worker: Celery
 ) -> None:
@@ -158,3 +167,35 @@ def test_signatures_expire() -> None:
     assert not webhooks.verify("whsec_k", old, body)
     fresh = webhooks.sign("whsec_k", int(time.time()), body)
     assert webhooks.verify("whsec_k", fresh, body)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1/h", "http://[::1]/h", "http://2130706433/h", "http://169.254.169.254/x",
+     "http://10.0.0.8:8080/h", "http://localhost/h", "http://[::ffff:127.0.0.1]/h"],
+)  # fmt: skip
+async def test_private_webhook_urls_are_refused_at_registration(
+    client: httpx.AsyncClient, url: str
+) -> None:
+    alice = await make_account(client)
+    response = await client.put(HOOK, json={"url": url}, headers=alice.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "url"]
+
+
+async def test_a_delivery_goes_to_the_address_that_was_checked(
+    engines: EngineSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = [[("93.184.216.34", 443)], [("93.184.216.34", 443), ("10.0.0.8", 443)]]
+
+    async def resolve(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address) for address in answers.pop(0)]
+
+    monkeypatch.setattr(webhooks.anyio, "getaddrinfo", resolve)
+    strict = make_settings(engines)
+    pinned = await webhooks._destination("https://hooks.example:8443/in?x=1", strict)
+    assert pinned.url == "https://93.184.216.34:8443/in?x=1"
+    assert pinned.headers == {"Host": "hooks.example:8443"}
+    assert pinned.extensions == {"sni_hostname": "hooks.example"}
+    with pytest.raises(webhooks.Refused):  # one private answer among public ones is enough
+        await webhooks._destination("https://hooks.example/in", strict)

@@ -26,6 +26,7 @@ from steward.platform.cache import MISSING
 from steward.platform.db import session_scope
 from steward.platform.deps import Session, resources_of
 from steward.platform.errors import Forbidden, NotFound, StewardError, Unauthorized
+from steward.platform.inputs import Text
 from steward.platform.ratelimit import Decision, enforce
 from steward.platform.ratelimit import Policy as RateLimitPolicy
 from steward.platform.sockets import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
@@ -326,8 +327,8 @@ class PasswordForm:
 
 
 async def password_form(
-    username: Annotated[str, Form(max_length=320, description="the account's email")],
-    password: Annotated[str, Form(max_length=256, json_schema_extra={"format": "password"})],
+    username: Annotated[Text, Form(max_length=320, description="the account's email")],
+    password: Annotated[Text, Form(max_length=256, json_schema_extra={"format": "password"})],
     grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
 ) -> PasswordForm:
     """The OAuth2 password grant's form (what /docs' Authorize button sends). FastAPI's own

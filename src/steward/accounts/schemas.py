@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from steward.accounts.scopes import ALL_SCOPES, Role
+from steward.platform.inputs import Instant, Text
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
@@ -40,7 +41,7 @@ def check_password_policy(password: str, email: str | None = None) -> None:
 
 Email = Annotated[EmailStr, AfterValidator(normalise_email)]
 Password = Annotated[SecretStr, Field(max_length=MAX_PASSWORD_LENGTH)]
-DisplayName = Annotated[str, Field(min_length=1, max_length=100)]
+DisplayName = Annotated[Text, Field(min_length=1, max_length=100)]
 
 
 class UserCreate(BaseModel):
@@ -102,7 +103,7 @@ class TokenPair(BaseModel):
 
 
 class RefreshRequest(BaseModel):
-    refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
+    refresh_token: Annotated[Text, Field(min_length=1, max_length=512)]
 
 
 ScopeName = Literal[
@@ -114,15 +115,9 @@ assert set(ScopeName.__args__) == ALL_SCOPES  # type: ignore[attr-defined]
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[Text, Field(min_length=1, max_length=100)]
     scopes: Annotated[list[ScopeName], Field(min_length=1, max_length=len(ALL_SCOPES))]
-    expires_at: datetime | None = Field(default=None, description="timezone-aware, future")
-
-    @model_validator(mode="after")
-    def _future_aware_expiry(self) -> ApiKeyCreate:
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
-            raise ValueError("expires_at must include a timezone")
-        return self
+    expires_at: Instant | None = Field(default=None, description="timezone-aware, future")
 
 
 class ApiKeyRead(BaseModel):

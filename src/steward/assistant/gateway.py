@@ -40,6 +40,7 @@ from steward.platform.errors import (
     StewardError,
     Unauthorized,
 )
+from steward.platform.openapi import ERROR_SHAPE
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -66,7 +67,12 @@ def _code(exc: StewardError) -> str | None:
 
 
 class OpenAIRoute(APIRoute):
-    """Errors of these routes in OpenAI's shape, which its SDKs turn into their exceptions."""
+    """Errors of these routes in OpenAI's shape, which its SDKs turn into their exceptions
+    (and documented so)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.openapi_extra = {**(self.openapi_extra or {}), ERROR_SHAPE: "openai"}
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -142,7 +148,26 @@ def _models(resources: Resources) -> list[tuple[str, Provider]]:
     return out
 
 
-@router.get("/models", summary="Models the gateway serves (a Steward API key)")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid Steward API key"},
+    403: {"description": "the key lacks scope `assistant`"},
+    429: {"description": "rate limit or daily token quota"},
+    503: {"description": "a service the gateway needs is unavailable"},
+}
+_CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    200: {
+        "description": "the completion; its chunks over SSE when `stream` is true",
+        "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+    },
+    400: {"description": "invalid request, or more input than the model takes"},
+    404: {"description": "no such model"},
+    413: {"description": "body over the size limit"},
+    502: {"description": "the provider failed"},
+}
+
+
+@router.get("/models", summary="Models the gateway serves (a Steward API key)", responses=_ERRORS)
 async def list_models(request: Request, _: GatewayCaller) -> dict[str, Any]:
     return {
         "object": "list",
@@ -152,7 +177,7 @@ async def list_models(request: Request, _: GatewayCaller) -> dict[str, Any]:
 
 
 @router.post("/chat/completions", summary="Chat Completions, streamed or not (a Steward API key)",
-             response_model=None)  # fmt: skip
+             response_model=None, responses=_CHAT_ERRORS)  # fmt: skip
 async def chat_completions(
     request: Request, body: CompletionRequest, principal: GatewayCaller, session: Session
 ) -> Response:

@@ -17,6 +17,7 @@ import structlog
 from fastapi import (
     APIRouter,
     Header,
+    Path,
     Query,
     Request,
     Response,
@@ -73,6 +74,7 @@ from steward.platform.errors import (
     UnprocessableContent,
     problem_body,
 )
+from steward.platform.inputs import Int32, Text
 from steward.platform.pagination import Cursor, Limit, Page, invalid_cursor
 from steward.platform.resources import Resources
 from steward.platform.sockets import CLOSE_LIFETIME, CLOSE_LIMITED
@@ -89,13 +91,16 @@ sockets = APIRouter(prefix=f"{API_V1}/assistant", tags=["assistant"])
 # Proxies must pass events through as they come (nginx buffers unless told not to).
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PING_S = 15
-ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits only (`\d` takes any script's), each part within Redis's 64 bits.
+ENTRY_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
+# A message's `seq` (bigint): at most 18 digits always fit.
+MESSAGE_CURSOR = re.compile(r"^[0-9]{1,18}$")
+PromptName = Annotated[Text, Path(max_length=64, description="the prompt's name")]
+PromptVersion = Annotated[Int32, Path(description="a version number of the prompt")]
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Reply"}},
-            "text/event-stream": {"schema": {"type": "string"}},
-        },
+        "model": Reply,
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "the reply as JSON, or its events over SSE with `Accept: text/event-stream`",
     }
 }
@@ -182,7 +187,7 @@ async def list_messages(
 ) -> Page[MessageRead]:
     after = None
     if cursor is not None:
-        if not cursor.isdigit():
+        if not MESSAGE_CURSOR.match(cursor):
             raise invalid_cursor()
         after = int(cursor)
     rows = await service.list_messages(
@@ -540,7 +545,7 @@ async def _on_socket_message(
 
 
 @admin.get("/{name}", summary="Every version of a prompt, newest first (admin)")
-async def prompt_versions(name: str, _: Admin, session: Session) -> list[PromptRead]:
+async def prompt_versions(name: PromptName, _: Admin, session: Session) -> list[PromptRead]:
     return [PromptRead.model_validate(r) for r in await prompts.versions(session, name=name)]
 
 
@@ -555,13 +560,15 @@ async def create_prompt(body: PromptCreate, principal: Admin, session: Session) 
 
 @admin.post("/{name}/versions/{version}/activate", response_model=PromptRead,
             summary="Make a version the active one (admin)")  # fmt: skip
-async def activate_prompt(name: str, version: int, _: Admin, session: Session) -> Any:
+async def activate_prompt(
+    name: PromptName, version: PromptVersion, _: Admin, session: Session
+) -> Any:
     return await prompts.activate(session, name=name, version=version)
 
 
 @admin.post("/{name}/rollback", response_model=PromptRead,
             summary="Activate the version before the active one (admin)")  # fmt: skip
-async def rollback_prompt(name: str, _: Admin, session: Session) -> Any:
+async def rollback_prompt(name: PromptName, _: Admin, session: Session) -> Any:
     return await prompts.rollback(session, name=name)
 
 
@@ -576,7 +583,7 @@ async def rollback_prompt(name: str, _: Admin, session: Session) -> Any:
 async def chat(
     request: Request,
     principal: OptionalPrincipal,
-    message: Annotated[str, Query(min_length=1, max_length=4000)],
+    message: Annotated[Text, Query(min_length=1, max_length=4000)],
 ) -> Response:
     """Stateless: no conversation is stored. Needs `x-api-key` (the service key or a user key
     with scope assistant) when API_KEY is set, and credentials in production even without

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from steward.platform.inputs import Text
 
 
 class ConversationCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    title: str = Field(default="", max_length=200)
+    title: Text = Field(default="", max_length=200)
 
 
 class ConversationUpdate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    title: str = Field(max_length=200)
+    title: Text = Field(max_length=200)
 
 
 class ConversationRead(BaseModel):
@@ -33,11 +35,11 @@ class ConversationRead(BaseModel):
 class MessageCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    content: str = Field(min_length=1, max_length=32_000)
-    provider: str | None = Field(
+    content: Text = Field(min_length=1, max_length=32_000)
+    provider: Text | None = Field(
         default=None, max_length=64, description="default: the configured one"
     )
-    model: str | None = Field(default=None, max_length=128, description="default: the provider's")
+    model: Text | None = Field(default=None, max_length=128, description="default: the provider's")
     background: bool = Field(
         default=False, description="answer 202 at once; the run continues in a worker"
     )
@@ -91,8 +93,10 @@ class Reply(BaseModel):
 
 class PromptCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.\-]+$")
-    template: str = Field(min_length=1, max_length=20_000)
-    variables: list[str] = Field(default_factory=list, max_length=20)
+    template: Text = Field(min_length=1, max_length=20_000)
+    variables: list[Annotated[Text, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=20
+    )
     activate: bool = False
 
 

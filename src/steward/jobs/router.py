@@ -13,6 +13,7 @@ from steward.jobs.deps import CeleryApp
 from steward.jobs.schemas import DeadLetterRead, JobRead
 from steward.platform.api import API_V1
 from steward.platform.deps import Session
+from steward.platform.inputs import Text
 from steward.platform.pagination import Cursor, Limit, Page
 
 router = APIRouter(tags=["jobs"], dependencies=[RateLimited])
@@ -26,7 +27,7 @@ LetterId = Annotated[uuid.UUID, Path(description="the dead letter's id")]
     responses={404: {"description": "no such job of yours"}},
 )
 async def read_job(
-    job_id: Annotated[str, Path(max_length=64)], user: CurrentUser, session: Session,
+    job_id: Annotated[Text, Path(max_length=64)], user: CurrentUser, session: Session,
     celery: CeleryApp,
 ) -> JobRead:  # fmt: skip
     return JobRead(**await service.status(session, celery, owner_id=user.id, job_id=job_id))

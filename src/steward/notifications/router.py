@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
@@ -84,12 +85,17 @@ async def set_webhook(body: WebhookSet, user: CurrentUser, session: Session,
     return WebhookCreated.model_validate(webhook)
 
 
-@notifications.get("/webhook", summary="Own webhook (without its secret)")
+_NO_WEBHOOK: dict[int | str, dict[str, Any]] = {404: {"description": "no webhook is set"}}
+
+
+@notifications.get("/webhook", summary="Own webhook (without its secret)", responses=_NO_WEBHOOK)
 async def get_webhook(user: CurrentUser, session: Session) -> WebhookRead:
     return WebhookRead.model_validate(await webhooks.get_webhook(session, user_id=user.id))
 
 
-@notifications.delete("/webhook", status_code=204, summary="Remove own webhook")
+@notifications.delete(
+    "/webhook", status_code=204, summary="Remove own webhook", responses=_NO_WEBHOOK
+)
 async def delete_webhook(user: CurrentUser, session: Session) -> None:
     await webhooks.remove_webhook(session, user_id=user.id)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from steward.platform.inputs import WebhookUrl
 
 
 class NotificationRead(BaseModel):
@@ -26,7 +28,7 @@ class ReadAll(BaseModel):
 
 
 class WebhookSet(BaseModel):
-    url: AnyHttpUrl = Field(description="where notifications are POSTed")
+    url: WebhookUrl = Field(description="where notifications are POSTed")
 
 
 class WebhookRead(BaseModel):

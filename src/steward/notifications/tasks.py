@@ -39,6 +39,11 @@ def deliver_webhook(user_id: str, event: dict[str, Any]) -> int | None:
             status = await webhooks.send(delivery, resources.settings)
         except webhooks.DeliveryFailed as exc:
             raise TransientError(str(exc)) from exc
+        except webhooks.Refused as exc:
+            # Expected, and final: one line, no traceback, no retry.
+            log.warning("webhook.refused", user_id=user_id, event_id=event.get("id"),
+                        reason=str(exc))  # fmt: skip
+            return None
         log.info("webhook.delivered", user_id=user_id, event_id=event.get("id"), status=status)
         return status
 

@@ -55,19 +55,30 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_s: int = 300) -> 
     return hmac.compare_digest(expected, fields.get("v1", ""))
 
 
-def _check_url(url: str, settings: Settings) -> None:
+def _invalid_url(detail: str) -> UnprocessableContent:
+    return UnprocessableContent(
+        detail, errors=[{"loc": ["body", "url"], "msg": detail, "type": "value"}]
+    )
+
+
+async def _check_url(url: str, settings: Settings) -> None:
     if settings.is_prod and urlsplit(url).scheme != "https":
-        raise UnprocessableContent(
-            "webhook URLs must use https",
-            errors=[{"loc": ["body", "url"], "msg": "https required", "type": "value"}],
-        )
+        raise _invalid_url("webhook URLs must use https")
+    try:
+        await _destination(url, settings)
+    except Refused as exc:
+        raise _invalid_url(str(exc)) from None
+    except DeliveryFailed:
+        # Not resolvable now (a name not yet published, a resolver down): accepted, and
+        # every delivery resolves and checks again.
+        pass
 
 
 async def set_webhook(
     session: AsyncSession, *, user_id: uuid.UUID, url: str, settings: Settings
 ) -> Webhook:
     """Create or replace the user's webhook, with a new secret."""
-    _check_url(url, settings)
+    await _check_url(url, settings)
     secret = f"whsec_{secrets.token_urlsafe(32)}"
     await session.execute(
         insert(Webhook)
@@ -149,28 +160,53 @@ def build(webhook: Webhook, event: dict[str, Any]) -> Delivery:
     )
 
 
-async def _check_address(url: str, settings: Settings) -> None:
-    # Resolved at delivery time (DNS can change after the URL was accepted): a webhook must
-    # not become a way to reach the service's own network.
+@dataclass(frozen=True, slots=True)
+class _Destination:
+    """Where a delivery connects: the URL with its host replaced by the address that was
+    checked, and what keeps the request addressed to the name (Host header, TLS SNI)."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
+async def _destination(url: str, settings: Settings) -> _Destination:
+    """Resolve the webhook's host once and check every address; the request then goes to
+    the checked address itself, so a second lookup (DNS rebinding) cannot redirect it to
+    the service's own network. Checked at registration and again at each delivery."""
     if settings.webhook_allow_private:
-        return
-    host = urlsplit(url).hostname or ""
+        return _Destination(url=url, headers={}, extensions={})
+    parts = urlsplit(url)
+    host = parts.hostname or ""
     try:
-        infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        infos = await anyio.getaddrinfo(host, parts.port or 0, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise DeliveryFailed(f"cannot resolve {host}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise Refused(f"{host} resolves to a non-public address")
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not addresses or any(not address.is_global for address in addresses):
+        raise Refused(f"{host} is, or resolves to, a non-public address")
+    first = addresses[0]
+    netloc = f"[{first}]" if first.version == 6 else str(first)
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    named = f"[{host}]" if ":" in host else host
+    return _Destination(
+        url=parts._replace(netloc=netloc).geturl(),
+        headers={"Host": named if parts.port is None else f"{named}:{parts.port}"},
+        extensions={"sni_hostname": host} if parts.scheme == "https" else {},
+    )
 
 
 async def send(delivery: Delivery, settings: Settings) -> int:
-    await _check_address(delivery.url, settings)
+    destination = await _destination(delivery.url, settings)
     try:
         async with httpx.AsyncClient(timeout=settings.webhook_timeout_s) as http:
-            response = await http.post(delivery.url, content=delivery.body,
-                                       headers=delivery.headers)  # fmt: skip
+            response = await http.post(
+                destination.url,
+                content=delivery.body,
+                headers={**delivery.headers, **destination.headers},
+                extensions=destination.extensions,
+            )
     except httpx.HTTPError as exc:
         raise DeliveryFailed(f"{type(exc).__name__} posting to the webhook") from exc
     if not 200 <= response.status_code < 300:

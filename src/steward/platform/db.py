@@ -60,6 +60,9 @@ def create_engine(settings: Settings, *, url: str | None = None, **overrides: An
         "pool_timeout": settings.db_pool_timeout_s,
         "pool_recycle": settings.db_pool_recycle_s,
         "pool_pre_ping": settings.db_pool_pre_ping,
+        # Statement parameters (emails, tokens' digests, user text) stay out of error
+        # messages, which reach logs.
+        "hide_parameters": True,
         "connect_args": {
             "timeout": settings.db_connect_timeout_s,
             "command_timeout": settings.db_statement_timeout_ms / 1000 or None,

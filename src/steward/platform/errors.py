@@ -160,6 +160,11 @@ _SLUG_BY_STATUS = {
 }
 
 
+def slug_for(status: int) -> str:
+    """The problem type's last segment for a status with no more specific one."""
+    return _SLUG_BY_STATUS.get(status, "error")
+
+
 def problem_body(
     status: int,
     *,
@@ -175,7 +180,7 @@ def problem_body(
     except ValueError:
         title = "Error"
     body: dict[str, Any] = {
-        "type": PROBLEM_BASE + (slug or _SLUG_BY_STATUS.get(status, "error")),
+        "type": PROBLEM_BASE + (slug or slug_for(status)),
         "title": title,
         "status": status,
         "detail": detail or title,

@@ -101,7 +101,13 @@ async def ready(request: Request) -> ReadyRead | Response:
     return ReadyRead(checks=status)
 
 
-@router.get("/metrics", summary="Prometheus metrics (anyone who can reach the port)")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (anyone who can reach the port)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                     "description": "the Prometheus text format"}},
+)  # fmt: skip
 async def metrics() -> Response:
     body, content_type = render_metrics()
     return Response(body, media_type=content_type)

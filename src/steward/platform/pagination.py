@@ -10,19 +10,20 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from steward.platform.errors import UnprocessableContent
+from steward.platform.inputs import Instant, Int32, Text
 
 T = TypeVar("T")
 M = TypeVar("M")
 
 Limit = Annotated[int, Query(ge=1, le=100, description="page size (1-100)")]
 Cursor = Annotated[
-    str | None,
+    Text | None,
     Query(max_length=512, description="`next_cursor` from the previous page"),
 ]
 
@@ -55,6 +56,25 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return values
 
 
+_INSTANT: TypeAdapter[datetime] = TypeAdapter(Instant)
+_INT32: TypeAdapter[int] = TypeAdapter(Int32)
+
+
+def cursor_instant(value: Any) -> datetime:
+    """A datetime a cursor carries, held to what a client could send (a cursor is input)."""
+    try:
+        return _INSTANT.validate_python(datetime.fromisoformat(value))
+    except (TypeError, ValueError):  # ValidationError is a ValueError
+        raise invalid_cursor() from None
+
+
+def cursor_int32(value: Any) -> int:
+    try:
+        return _INT32.validate_python(value, strict=True)
+    except ValueError:
+        raise invalid_cursor() from None
+
+
 async def newest_first(
     session: AsyncSession,
     query: Select[M],
@@ -69,7 +89,7 @@ async def newest_first(
     if cursor is not None:
         values = decode_cursor(cursor)
         try:
-            after = (datetime.fromisoformat(values["at"]), uuid.UUID(values["id"]))
+            after = (cursor_instant(values["at"]), uuid.UUID(values["id"]))
         except (KeyError, TypeError, ValueError):
             raise invalid_cursor() from None
         query = query.where(tuple_(at, key) < tuple_(*after))

@@ -7,10 +7,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-Title = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=10_000)]
+from steward.platform.inputs import Instant, Text
+
+Title = Annotated[Text, Field(min_length=1, max_length=200)]
+Description = Annotated[Text, Field(max_length=10_000)]
 Priority = Annotated[int, Field(ge=0, le=3, description="0 none, 1 low, 2 medium, 3 high")]
 
 
@@ -31,10 +33,10 @@ class TodoCreate(BaseModel):
 
     title: Title
     description: Description = ""
-    due_at: AwareDatetime | None = None
+    due_at: Instant | None = None
     priority: Priority = 0
     tags: Tags = Field(default_factory=list)
-    remind_at: AwareDatetime | None = None
+    remind_at: Instant | None = None
 
 
 class TodoUpdate(BaseModel):
@@ -44,11 +46,11 @@ class TodoUpdate(BaseModel):
 
     title: Title | None = None
     description: Description | None = None
-    due_at: AwareDatetime | None = None
+    due_at: Instant | None = None
     priority: Priority | None = None
     tags: Tags | None = None
     done: bool | None = None
-    remind_at: AwareDatetime | None = None
+    remind_at: Instant | None = None
 
 
 class TodoRead(BaseModel):
@@ -85,10 +87,12 @@ class TodoListQuery(BaseModel):
         None, max_length=512, description="`next_cursor` from the previous page"
     )
     done: bool | None = Field(None, description="only done (true) or open (false) todos")
-    due_before: AwareDatetime | None = Field(None, description="due before this instant")
-    due_after: AwareDatetime | None = Field(None, description="due after this instant")
-    tag: list[str] = Field([], max_length=10, description="all must match")
-    q: str | None = Field(
+    due_before: Instant | None = Field(None, description="due before this instant")
+    due_after: Instant | None = Field(None, description="due after this instant")
+    tag: list[Annotated[Text, Field(max_length=32)]] = Field(
+        [], max_length=10, description="all must match"
+    )
+    q: Text | None = Field(
         None, min_length=1, max_length=200, description="text in the title or description"
     )
     sort: TodoSort = Field(TodoSort.CREATED_DESC, description="order of the list")

@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from steward.platform.cache import MISSING, Cache
 from steward.platform.db import Sessions, session_scope
 from steward.platform.errors import NotFound, PreconditionFailed, UnprocessableContent
-from steward.platform.pagination import decode_cursor, encode_cursor, invalid_cursor
+from steward.platform.pagination import (
+    cursor_instant,
+    cursor_int32,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
 from steward.todos.events import cache_namespace, todo_changed
 from steward.todos.models import UNDATED, UNDATED_SQL, IdempotencyKey, Todo
 from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
@@ -242,11 +248,11 @@ def _parse_cursor(cursor: str, sort: TodoSort) -> list[Any]:
     field = sort.value.lstrip("-")
     try:
         if field == "due_at":
-            due = datetime.fromisoformat(raw[0]) if raw[0] is not None else UNDATED
+            due = cursor_instant(raw[0]) if raw[0] is not None else UNDATED
             return [due, uuid.UUID(raw[1])]
         if field == "priority":
-            return [int(raw[0]), datetime.fromisoformat(raw[1]), uuid.UUID(raw[2])]
-        return [datetime.fromisoformat(raw[0]), uuid.UUID(raw[1])]
+            return [cursor_int32(raw[0]), cursor_instant(raw[1]), uuid.UUID(raw[2])]
+        return [cursor_instant(raw[0]), uuid.UUID(raw[1])]
     except (IndexError, TypeError, ValueError):
         raise invalid_cursor() from None
 
