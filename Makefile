@@ -12,7 +12,7 @@ PORT ?= 8000
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install run test lint format bench clean
+.PHONY: help install run test lint audit format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ lint: install ## ruff (lint + format check) and mypy (strict on src/)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+audit: install ## Known vulnerabilities in the locked dependencies (pip-audit)
+	@$(UV) export --frozen --no-emit-project --quiet > .venv/locked-requirements.txt
+	$(VENV)/bin/pip-audit --requirement .venv/locked-requirements.txt --no-deps --disable-pip \
+		--progress-spinner off
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

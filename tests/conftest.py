@@ -42,6 +42,7 @@ def make_settings(engines: EngineSet, **overrides: Any) -> Settings:
         "db_max_overflow": 5,
         # Suites sign in often from one address; the limiter's own tests set real limits.
         "rate_limit_login": "1000/minute",
+        "rate_limit_register": "1000/minute",
         "rate_limit_anonymous": "1000/minute",
     }
     values.update(overrides)

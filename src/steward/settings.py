@@ -129,7 +129,13 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_anonymous: str = "60/minute"
     rate_limit_authenticated: str = "600/minute"
-    rate_limit_login: str = "10/minute"
+    # Sign-in attempts per client IP: a ceiling for abuse, loose enough for a carrier NAT;
+    # guessing one account's password is stopped by the lockout below instead.
+    rate_limit_login: str = "60/minute"
+    rate_limit_register: str = "20/hour"
+    login_lockout_failures: int = Field(default=5, ge=1, le=100)
+    login_lockout_base_s: float = Field(default=30.0, gt=0)
+    login_lockout_max_s: float = Field(default=900.0, gt=0)
     rate_limit_assistant: str = "30/minute"
     rate_limit_fail_open: bool = True
     rate_limit_login_fail_open: bool = False
@@ -216,7 +222,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "rate_limit_anonymous", "rate_limit_authenticated", "rate_limit_login",
-        "rate_limit_assistant",
+        "rate_limit_register", "rate_limit_assistant",
     )  # fmt: skip
     @classmethod
     def _rate_limit_spec(cls, value: str) -> str:

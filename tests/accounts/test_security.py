@@ -292,3 +292,47 @@ async def test_no_secret_reaches_the_logs(client: httpx.AsyncClient, logs: LogCa
         "$argon2",
     ):
         assert secret not in text
+
+
+async def test_profile_writes_need_a_session_or_profile_write(client: httpx.AsyncClient) -> None:
+    account = await make_account(client)
+
+    async def key(*scopes: str) -> dict[str, str]:
+        created = await client.post(
+            "/api/v1/api-keys", json={"name": "k", "scopes": list(scopes)}, headers=account.headers
+        )
+        assert created.status_code == 201, created.text
+        return {"x-api-key": created.json()["secret"]}
+
+    reader = await key("todos:read")
+    for method, path, body in (
+        ("PATCH", "/api/v1/users/me", {"display_name": "Mallory"}),
+        ("PUT", "/api/v1/notifications/webhook", {"url": "https://hooks.example.com/in"}),
+        ("DELETE", "/api/v1/notifications/webhook", None),
+    ):
+        refused = await client.request(method, path, json=body, headers=reader)
+        assert refused.status_code == 403, (path, refused.text)
+    assert (await _me(client, account.access_token)).json()["display_name"] is None
+    writer = await key("profile:write")
+    renamed = await client.patch("/api/v1/users/me", json={"display_name": "Ada"}, headers=writer)
+    assert renamed.status_code == 200
+    assert renamed.json()["display_name"] == "Ada"
+    by_session = await client.patch(
+        "/api/v1/users/me", json={"display_name": "Ada L."}, headers=account.headers
+    )
+    assert by_session.status_code == 200
+
+
+async def test_tokens_and_personal_responses_are_never_cached(client: httpx.AsyncClient) -> None:
+    account = await make_account(client)
+    signed_in = await client.post(
+        "/api/v1/auth/token", data={"username": account.email, "password": PASSWORD}
+    )
+    refreshed = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": signed_in.json()["refresh_token"]}
+    )
+    me = await _me(client, account.access_token)
+    todos = await client.get("/api/v1/todos", headers=account.headers)
+    refused = await _me(client, "not-a-token")
+    for response in (signed_in, refreshed, me, todos, refused):
+        assert response.headers["cache-control"] == "no-store", response.request.url

@@ -75,17 +75,25 @@ async def test_socket_auth_and_scope_close_codes(engines: EngineSet) -> None:
                     headers=alice.headers,
                 )
             ).json()
-        for url, headers, code in (
-            (_ws(base), {}, 4401),
-            (f"{_ws(base)}?access_token=forged", {}, 4401),
-            (_ws(base), {"x-api-key": writer["secret"]}, 4403),
+        for url, headers, first, code in (
+            (_ws(base), {}, {"type": "hello"}, 4401),
+            (_ws(base), {}, {"type": "authenticate", "access_token": "forged"}, 4401),
+            (_ws(base), {}, {"type": "authenticate", "api_key": writer["secret"]}, 4403),
+            (f"{_ws(base)}?access_token=forged", {}, None, 4401),
+            (_ws(base), {"x-api-key": writer["secret"]}, None, 4403),
         ):
-            with pytest.raises(ConnectionClosed) as closed:
-                async with connect(url, additional_headers=headers) as ws:
+            async with connect(url, additional_headers=headers) as ws:
+                if first is not None:
+                    await ws.send(json.dumps(first))
+                with pytest.raises(ConnectionClosed) as closed:
                     await ws.recv()
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == code
         async with connect(_ws(base), additional_headers=alice.headers) as ws:
+            assert (await _next_of(ws, "ready"))["user_id"] == alice.id
+        # Browsers, which cannot set headers, send the token as the first message.
+        async with connect(_ws(base)) as ws:
+            await ws.send(json.dumps({"type": "authenticate", "access_token": alice.access_token}))
             assert (await _next_of(ws, "ready"))["user_id"] == alice.id
 
 

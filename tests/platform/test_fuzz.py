@@ -55,6 +55,7 @@ def api(engines: EngineSet) -> Iterator[str]:
         "RATE_LIMIT_ANONYMOUS": unlimited,
         "RATE_LIMIT_AUTHENTICATED": unlimited,
         "RATE_LIMIT_LOGIN": unlimited,
+        "RATE_LIMIT_REGISTER": unlimited,
         "RATE_LIMIT_ASSISTANT": unlimited,
         "ASSISTANT_OFFLINE_DELAY_S": "0",
     }

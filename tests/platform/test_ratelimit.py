@@ -3,6 +3,7 @@ trusted proxies only, and the failure modes when Redis is unreachable."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,21 +97,55 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(
             assert response.status_code == 401  # three different clients behind the proxy
 
 
-async def test_login_is_limited_per_account_across_addresses(
+async def test_failed_sign_ins_lock_the_account_across_addresses(
     engines: EngineSet, clean_state: None
 ) -> None:
-    overrides = {"rate_limit_login": "3/minute", "trusted_proxies": "10.0.0.0/8"}
+    overrides = {"login_lockout_failures": 3, "login_lockout_base_s": 2,
+                 "trusted_proxies": "10.0.0.0/8"}  # fmt: skip
     async with serve(engines, client_ip="10.0.0.5", **overrides) as http:
-        await make_account(http, email="target@example.com")  # register + sign in: 2 hits
-        statuses = []
-        for i in range(3):
-            response = await http.post(
-                "/api/v1/auth/token",
-                data={"username": "target@example.com", "password": "guess-guess-1"},
-                headers={"x-forwarded-for": f"198.51.100.{i}"},
-            )
-            statuses.append(response.status_code)
-        assert statuses == [401, 429, 429]
+        await make_account(http, email="target@example.com")
+        other = await make_account(http)
+
+        async def sign_in(email: str, password: str, ip: int) -> httpx.Response:
+            return await http.post(
+                "/api/v1/auth/token", data={"username": email, "password": password},
+                headers={"x-forwarded-for": f"198.51.100.{ip}"},
+            )  # fmt: skip
+
+        statuses = [(await sign_in("target@example.com", "guess-guess-1", i)).status_code
+                    for i in range(4)]  # fmt: skip
+        assert statuses == [401, 401, 401, 429]  # the third failure locks it
+        locked = await sign_in("target@example.com", PASSWORD, 9)  # even the right password
+        assert locked.status_code == 429
+        assert 1 <= int(locked.headers["retry-after"]) <= 2
+        assert (await sign_in(other.email, PASSWORD, 1)).status_code == 200  # others unaffected
+        await asyncio.sleep(2.2)  # the lock lapses (refused tries are not counted)
+        assert (await sign_in("target@example.com", PASSWORD, 3)).status_code == 200
+        # A success resets the count: one more failure does not lock again.
+        assert (await sign_in("target@example.com", "guess-guess-2", 4)).status_code == 401
+        assert (await sign_in("target@example.com", PASSWORD, 5)).status_code == 200
+
+
+async def test_successful_sign_ins_behind_one_address_never_lock_anyone_out(
+    engines: EngineSet, clean_state: None
+) -> None:
+    async with serve(engines, rate_limit_login="60/minute", rate_limit_register="5/hour") as http:
+        accounts = [await make_account(http) for _ in range(4)]  # 4 sign-ups, 4 sign-ins
+        for _ in range(5):  # a NAT's worth of people signing in again and again
+            for account in accounts:
+                response = await http.post(
+                    "/api/v1/auth/token",
+                    data={"username": account.email, "password": PASSWORD},
+                )
+                assert response.status_code == 200
+        # Sign-ups have their own budget: the fifth passes, the sixth is refused.
+        fifth = await http.post(
+            "/api/v1/auth/register", json={"email": "fifth@example.com", "password": PASSWORD}
+        )
+        sixth = await http.post(
+            "/api/v1/auth/register", json={"email": "sixth@example.com", "password": PASSWORD}
+        )
+        assert (fifth.status_code, sixth.status_code) == (201, 429)  # fmt: skip
 
 
 async def test_redis_down_fails_open_but_login_fails_closed(

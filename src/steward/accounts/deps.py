@@ -4,6 +4,7 @@ apply to each kind of caller."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import uuid
 from collections.abc import Callable, Coroutine
@@ -17,6 +18,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from steward.accounts import service
+from steward.accounts.lockout import Lockout
 from steward.accounts.models import User
 from steward.accounts.scopes import ALL_SCOPES, Role, scopes_for
 from steward.accounts.service import Account, TokenPolicy
@@ -305,8 +307,20 @@ async def admin(principal: CurrentPrincipal) -> Principal:
     return principal
 
 
+async def profile_writer(principal: CurrentPrincipal) -> Account:
+    """A user changing their own account's settings: signed in, or an API key that was
+    given `profile:write` (a key made for reading todos must not rename or re-hook the
+    account)."""
+    if principal.user is None:
+        raise Forbidden("this endpoint acts for a user; the service key has no user")
+    if principal.session_id is None and "profile:write" not in principal.scopes:
+        raise Forbidden("missing scope 'profile:write' (or sign in)")
+    return principal.user
+
+
 CurrentUser = Annotated[Account, Depends(current_user)]
 SessionUser = Annotated[Account, Depends(session_user)]
+ProfileWriter = Annotated[Account, Depends(profile_writer)]
 Admin = Annotated[Principal, Depends(admin)]
 
 
@@ -378,32 +392,48 @@ async def limit_requests(request: Request) -> None:
                 principal)  # fmt: skip
 
 
-async def _limit_credentials(request: Request, account: str | None) -> None:
-    """Sign-in and sign-up: per client IP and per account, the stricter one answering."""
+async def _limit_per_ip(request: Request, policy: RateLimitPolicy) -> None:
     resources = resources_of(request)
     if not resources.settings.rate_limit_enabled:
         return
-    policy = resources.policies.login
     ip = request.scope.get("state", {}).get("client_ip")
-    decisions = [await resources.limiter.hit(policy, f"ip:{ip}")]
-    if account:
-        decisions.append(await resources.limiter.hit(policy, f"account:{account}"))
-    strictest = min(decisions, key=lambda d: (d.allowed, d.remaining))
-    _attach(request, strictest)
-    enforce(strictest)
+    decision = await resources.limiter.hit(policy, f"ip:{ip}")
+    _attach(request, decision)
+    enforce(decision)
 
 
-async def limit_login(request: Request, form: CredentialsForm) -> None:
-    await _limit_credentials(request, form.username.strip().lower())
+async def limit_login(request: Request) -> None:
+    """Sign-in attempts per client IP (the per-account guard is the lockout)."""
+    await _limit_per_ip(request, resources_of(request).policies.login)
 
 
 async def limit_register(request: Request) -> None:
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    email = body.get("email") if isinstance(body, dict) else None
-    await _limit_credentials(request, email.strip().lower() if isinstance(email, str) else None)
+    """Sign-ups per client IP, a budget of their own."""
+    await _limit_per_ip(request, resources_of(request).policies.register)
+
+
+def lockout_of(connection: HTTPConnection) -> Lockout:
+    """Built once per application from its settings."""
+    lockout: Lockout | None = getattr(connection.app.state, "lockout", None)
+    if lockout is None:
+        resources = resources_of(connection)
+        settings = resources.settings
+        lockout = Lockout(
+            resources.redis,
+            threshold=settings.login_lockout_failures,
+            base_s=settings.login_lockout_base_s,
+            max_s=settings.login_lockout_max_s,
+            fail_open=settings.rate_limit_login_fail_open,
+        )
+        connection.app.state.lockout = lockout
+    return lockout
+
+
+async def _lockout(request: Request) -> Lockout:
+    return lockout_of(request)
+
+
+SignInLockout = Annotated[Lockout, Depends(_lockout)]
 
 
 RateLimited = Depends(limit_requests)
@@ -420,12 +450,39 @@ async def authenticate_connection(connection: HTTPConnection) -> Principal:
     return principal
 
 
+# How long a socket that sent no credentials with its handshake has to send them.
+SOCKET_AUTH_TIMEOUT_S = 10.0
+
+
+async def _first_message_credentials(websocket: WebSocket) -> None:
+    """Credentials sent as the first message, `{"type": "authenticate", "access_token":
+    ...}` or `{..., "api_key": ...}`: a browser's WebSocket cannot send headers, and a token
+    in the URL ends up in proxies' and servers' logs."""
+    try:
+        message = await asyncio.wait_for(websocket.receive_json(), SOCKET_AUTH_TIMEOUT_S)
+    except (TimeoutError, ValueError, KeyError):
+        message = None
+    if not isinstance(message, dict) or message.get("type") != "authenticate":
+        raise Unauthorized("send credentials: a header, or an `authenticate` first message")
+    token, api_key = message.get("access_token"), message.get("api_key")
+    sent = (
+        token if isinstance(token, str) and token else None,
+        api_key if isinstance(api_key, str) and api_key else None,
+    )
+    if sent == (None, None):
+        raise Unauthorized("the `authenticate` message carries no access_token or api_key")
+    await authenticate(websocket, sent)
+
+
 async def accept_socket(websocket: WebSocket, scope: str) -> Principal | None:
     """Accept a WebSocket and authenticate it for `scope` (a user behind it); on failure,
     close it with 4401 or 4403 and return None. Accepting first matters: closing before
-    accepting can only answer HTTP 403, and clients need the close code."""
+    accepting can only answer HTTP 403, and clients need the close code. Credentials come
+    with the handshake (headers, or `?access_token=` for browsers) or as the first message."""
     await websocket.accept()
     try:
+        if credentials(websocket) == (None, None):
+            await _first_message_credentials(websocket)
         principal = await authenticate_connection(websocket)
     except StewardError as exc:
         await websocket.close(code=CLOSE_UNAUTHENTICATED, reason=exc.detail[:100])

@@ -15,8 +15,10 @@ from steward.accounts.deps import (
     CurrentUser,
     ManagedUser,
     Policy,
+    ProfileWriter,
     RateLimited,
     SessionUser,
+    SignInLockout,
     limit_login,
     limit_register,
 )
@@ -63,8 +65,12 @@ async def register(user_in: UserCreate, session: Session) -> UserRead:
     responses=_401,
     dependencies=[Depends(limit_login)],
 )
-async def token(form: CredentialsForm, session: Session, policy: Policy) -> TokenPair:
-    user = await service.authenticate(session, email=form.username, password=form.password)
+async def token(
+    form: CredentialsForm, session: Session, policy: Policy, lockout: SignInLockout
+) -> TokenPair:
+    user = await service.authenticate(
+        session, email=form.username, password=form.password, lockout=lockout
+    )
     return await service.login(session, user=user, policy=policy)
 
 
@@ -99,11 +105,11 @@ async def read_me(user: CurrentUser) -> Response:
 
 @users.patch(
     "/me",
-    summary="Change own display name or password (signed-in user)",
+    summary="Change own display name or password (signed-in user, or scope profile:write)",
     responses={**_401, **_403},
 )
 async def update_me(
-    change: UserUpdate, principal: CurrentPrincipal, user: CurrentUser, session: Session
+    change: UserUpdate, principal: CurrentPrincipal, user: ProfileWriter, session: Session
 ) -> UserRead:
     if change.new_password is not None and principal.session_id is None:
         raise Forbidden("changing the password needs a signed-in session, not an API key")
@@ -167,7 +173,12 @@ async def list_users(
 @admin.patch(
     "/users/{user_id}",
     summary="Change a user's role or active flag (admin)",
-    responses={**_401, **_403, 404: {"description": "no such user"}},
+    responses={
+        **_401,
+        **_403,
+        404: {"description": "no such user"},
+        409: {"description": "administrators cannot change their own role or status"},
+    },
 )
 async def update_user(
     change: AdminUserUpdate, user: ManagedUser, principal: Admin, session: Session

@@ -107,8 +107,9 @@ class RefreshRequest(BaseModel):
 
 
 ScopeName = Literal[
-    "todos:read", "todos:write", "assistant", "knowledge:read", "knowledge:write", "admin"
-]
+    "todos:read", "todos:write", "assistant", "knowledge:read", "knowledge:write",
+    "profile:write", "admin",
+]  # fmt: skip
 assert set(ScopeName.__args__) == ALL_SCOPES  # type: ignore[attr-defined]
 
 

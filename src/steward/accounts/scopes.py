@@ -16,6 +16,7 @@ class Scope(enum.StrEnum):
     ASSISTANT = "assistant"
     KNOWLEDGE_READ = "knowledge:read"
     KNOWLEDGE_WRITE = "knowledge:write"
+    PROFILE_WRITE = "profile:write"  # an API key that may change the account's own settings
     ADMIN = "admin"
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.accounts.lockout import Lockout
 from steward.accounts.models import ApiKey, RefreshToken, Session, User
 from steward.accounts.schemas import (
     AdminUserUpdate,
@@ -202,12 +203,23 @@ async def admin_update(
 # --- sign-in and tokens ----------------------------------------------------------------------
 
 
-async def authenticate(session: AsyncSession, *, email: str, password: str) -> User:
-    """The user for these credentials; the same error, in the same time, for every failure."""
-    user = await get_by_email(session, email.strip().lower())
+async def authenticate(
+    session: AsyncSession, *, email: str, password: str, lockout: Lockout | None = None
+) -> User:
+    """The user for these credentials; the same error, in the same time, for every failure.
+    With `lockout`, failures count against the address given (known or not, so that a
+    lock tells nothing about who has an account) and a locked one is refused at once."""
+    account = email.strip().lower()
+    if lockout is not None:
+        await lockout.check(account)
+    user = await get_by_email(session, account)
     valid = await security.verify_password(password, user.password_hash if user else None)
     if user is None or not valid or not user.is_active:
+        if lockout is not None:
+            await lockout.failed(account)
         raise InvalidCredentials("incorrect email or password")
+    if lockout is not None:
+        await lockout.succeeded(account)
     return user
 
 

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steward.accounts.deps import Principal, limit, resolve_principal
 from steward.assistant import service, tokens
@@ -87,6 +88,10 @@ class OpenAIRoute(APIRoute):
                                     param=param)  # fmt: skip
             except StewardError as exc:
                 return openai_error(exc.status, exc.detail, code=_code(exc), headers=exc.headers)
+            except StarletteHTTPException as exc:  # a body that cannot be decoded, say
+                return openai_error(
+                    exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
+                )
 
         return route
 
@@ -124,7 +129,7 @@ class ChatMessage(BaseModel):
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=128)
+    model: str = Field(min_length=1, max_length=128, examples=["offline"])
     messages: list[ChatMessage] = Field(min_length=1, max_length=2000)
     stream: bool = False
     stream_options: dict[str, Any] | None = None

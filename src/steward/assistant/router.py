@@ -567,7 +567,8 @@ async def activate_prompt(
 
 
 @admin.post("/{name}/rollback", response_model=PromptRead,
-            summary="Activate the version before the active one (admin)")  # fmt: skip
+            summary="Activate the version before the active one (admin)",
+            responses={409: {"description": "no active version, or none before it"}})  # fmt: skip
 async def rollback_prompt(name: PromptName, _: Admin, session: Session) -> Any:
     return await prompts.rollback(session, name=name)
 

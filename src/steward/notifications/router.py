@@ -14,7 +14,7 @@ import structlog
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from steward.accounts.deps import CurrentUser, RateLimited, accept_socket
+from steward.accounts.deps import CurrentUser, ProfileWriter, RateLimited, accept_socket
 from steward.notifications import service, webhooks
 from steward.notifications.hub import CONNECTIONS
 from steward.notifications.schemas import (
@@ -75,9 +75,11 @@ async def read_one(
 
 
 @notifications.put(
-    "/webhook", status_code=201, summary="Set (or replace) own webhook; answers its secret once"
-)
-async def set_webhook(body: WebhookSet, user: CurrentUser, session: Session,
+    "/webhook", status_code=201,
+    summary="Set (or replace) own webhook; answers its secret once (signed-in user, or scope "
+    "profile:write)",
+)  # fmt: skip
+async def set_webhook(body: WebhookSet, user: ProfileWriter, session: Session,
                       settings: Settings) -> WebhookCreated:  # fmt: skip
     webhook = await webhooks.set_webhook(
         session, user_id=user.id, url=str(body.url), settings=settings
@@ -94,9 +96,10 @@ async def get_webhook(user: CurrentUser, session: Session) -> WebhookRead:
 
 
 @notifications.delete(
-    "/webhook", status_code=204, summary="Remove own webhook", responses=_NO_WEBHOOK
-)
-async def delete_webhook(user: CurrentUser, session: Session) -> None:
+    "/webhook", status_code=204, responses=_NO_WEBHOOK,
+    summary="Remove own webhook (signed-in user, or scope profile:write)",
+)  # fmt: skip
+async def delete_webhook(user: ProfileWriter, session: Session) -> None:
     await webhooks.remove_webhook(session, user_id=user.id)
 
 

@@ -165,8 +165,13 @@ _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 _DOCS_PATHS = ("/docs", "/redoc", "/playground")
 
 
+_NO_STORE = (b"cache-control", b"no-store")
+
+
 class SecurityHeadersMiddleware:
-    """Adds the headers every API response should carry."""
+    """Adds the headers every API response should carry. API responses hold tokens and
+    personal data: unless a route says otherwise (streams: `no-cache`), no cache (browser,
+    proxy, CDN) may keep them."""
 
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
@@ -182,7 +187,12 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
+                headers = [*message.get("headers", ()), *extra]
+                if extra is self._api_headers and not any(
+                    name.lower() == b"cache-control" for name, _ in headers
+                ):
+                    headers.append(_NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

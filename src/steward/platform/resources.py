@@ -26,6 +26,7 @@ class RateLimitPolicies:
     anonymous: Policy
     authenticated: Policy
     login: Policy
+    register: Policy
     assistant: Policy
 
     @classmethod
@@ -38,6 +39,11 @@ class RateLimitPolicies:
             ),
             login=Policy.parse(
                 "login", settings.rate_limit_login, fail_open=settings.rate_limit_login_fail_open
+            ),
+            register=Policy.parse(
+                "register",
+                settings.rate_limit_register,
+                fail_open=settings.rate_limit_login_fail_open,
             ),
             assistant=Policy.parse("assistant", settings.rate_limit_assistant, fail_open=fail_open),
         )
