@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     # PostgreSQL pool
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
-    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=-1)
     # asyncpg's pre-ping costs three round trips (BEGIN, ping, ROLLBACK) on every checkout,
     # about a third of a simple request's database time. Off by default: a connection that
@@ -119,11 +119,19 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = False
     db_connect_timeout_s: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    # The client's own limit per statement: the server's statement_timeout cannot fire when
+    # the server is frozen or unreachable; past this the request is a 503.
+    db_command_timeout_s: float = Field(default=10.0, gt=0)
 
     # Redis pool
     redis_max_connections: int = Field(default=100, ge=1)
     redis_socket_timeout_s: float = Field(default=2.0, gt=0)
     redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    # The request path's deadline per Redis call (limits, cache, principals, lockout), and
+    # its circuit breaker: consecutive failures that open it, seconds before a probe.
+    redis_request_timeout_s: float = Field(default=0.25, gt=0, le=5)
+    redis_breaker_failures: int = Field(default=3, ge=1)
+    redis_breaker_reset_s: float = Field(default=5.0, gt=0)
 
     # Protection
     rate_limit_enabled: bool = True

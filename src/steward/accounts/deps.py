@@ -419,7 +419,7 @@ def lockout_of(connection: HTTPConnection) -> Lockout:
         resources = resources_of(connection)
         settings = resources.settings
         lockout = Lockout(
-            resources.redis,
+            resources.request_redis,
             threshold=settings.login_lockout_failures,
             base_s=settings.login_lockout_base_s,
             max_s=settings.login_lockout_max_s,

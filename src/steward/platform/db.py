@@ -65,7 +65,7 @@ def create_engine(settings: Settings, *, url: str | None = None, **overrides: An
         "hide_parameters": True,
         "connect_args": {
             "timeout": settings.db_connect_timeout_s,
-            "command_timeout": settings.db_statement_timeout_ms / 1000 or None,
+            "command_timeout": settings.db_command_timeout_s,
             "server_settings": {
                 "application_name": "steward",
                 "statement_timeout": str(settings.db_statement_timeout_ms),

@@ -268,6 +268,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 # out, not a bug: 503 with Retry-After instead of a 500 and its traceback.
 OUTAGES: tuple[type[Exception], ...] = (
     ConnectionError,
+    TimeoutError,  # a deadline on a dependency ran out (asyncpg's connect and command ones)
     RedisConnectionError,
     RedisTimeoutError,
     DBAPIError,

@@ -46,6 +46,13 @@ UNHANDLED_ERRORS = Counter(
     "Exceptions that reached the top of the stack and became 500 responses.",
 )
 
+REDIS_CIRCUIT_OPEN = Gauge(
+    "steward_redis_circuit_open",
+    "1 while a Redis client's circuit breaker is open (calls fail at once), else 0.",
+    ["client"],
+    multiprocess_mode="max",
+)
+
 UNMATCHED_ROUTE = "<unmatched>"
 # Methods outside this set are folded into one label value so a client cannot mint series.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

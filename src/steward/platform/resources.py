@@ -17,7 +17,7 @@ from steward.platform.cache import Cache, flush_invalidations
 from steward.platform.proxies import Network, parse_networks
 from steward.platform.pubsub import flush_pending
 from steward.platform.ratelimit import Policy, RateLimiter
-from steward.platform.redis import create_redis
+from steward.platform.redis import create_redis, create_request_redis
 from steward.settings import Settings
 
 
@@ -55,6 +55,7 @@ class Resources:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis
+    request_redis: Redis  # a short deadline per call and a circuit breaker (platform/redis.py)
     cache: Cache
     limiter: RateLimiter
     policies: RateLimitPolicies
@@ -72,15 +73,19 @@ class Resources:
         database_url, redis_url = settings.require_engines()
         engine = db.create_engine(settings, url=database_url)
         redis = create_redis(settings, url=redis_url)
+        request_redis = create_request_redis(settings, url=redis_url)
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=db.create_sessionmaker(engine),
             redis=redis,
+            request_redis=request_redis,
             cache=Cache(
-                redis, enabled=settings.cache_enabled, local_ttl_s=settings.cache_local_ttl_s
+                request_redis,
+                enabled=settings.cache_enabled,
+                local_ttl_s=settings.cache_local_ttl_s,
             ),
-            limiter=RateLimiter(redis, max_lease=settings.rate_limit_max_lease),
+            limiter=RateLimiter(request_redis, max_lease=settings.rate_limit_max_lease),
             policies=RateLimitPolicies.from_settings(settings),
             trusted_proxies=parse_networks(settings.trusted_proxies),
             hub=Hub(redis, max_queue=settings.realtime_queue_size),
@@ -95,7 +100,7 @@ class Resources:
 
     async def _publish(self, session: AsyncSession) -> None:
         await flush_invalidations(session, self.cache)
-        await flush_pending(session, self.redis)
+        await flush_pending(session, self.request_redis)
 
     async def close(self) -> None:
         try:
@@ -104,5 +109,6 @@ class Resources:
             await self.providers.aclose()
             await self.hub.close()
             await self.redis.aclose()
+            await self.request_redis.aclose()
         finally:
             await self.engine.dispose()
