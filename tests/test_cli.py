@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -120,3 +122,89 @@ def test_module_app_refuses_to_import_in_unsafe_prod() -> None:
     assert result.stderr.strip().splitlines() == [
         "steward: refusing to start: DATABASE_URL, REDIS_URL must be set when ENVIRONMENT=prod"
     ]
+
+
+def _children(supervisor: psutil.Process, role: str) -> list[psutil.Process]:
+    """The supervisor's children started as `python -m steward <role>`."""
+    found = []
+    for child in supervisor.children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cmdline = child.cmdline()
+            if cmdline[2:4] == ["steward", role] and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=3).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_run_restarts_what_dies_and_never_stops_the_api(tmp_path: Path) -> None:
+    port = _free_port()
+    data = tmp_path / "data"
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "steward", "run", "--port", str(port)],
+        env=_clean_env(DATA_DIR=str(data), LOG_FORMAT="json"),
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/health", process, timeout=90)
+        supervisor = psutil.Process(process.pid)
+        _until(lambda: all(_children(supervisor, r) for r in ("worker", "beat")), "worker, beat")
+        (api,) = _children(supervisor, "api")
+
+        valkey = int((data / "valkey" / "valkey.pid").read_text())
+        os.kill(valkey, signal.SIGKILL)
+        _until(
+            lambda: int((data / "valkey" / "valkey.pid").read_text()) != valkey and _ready(port),
+            "valkey started again",
+        )
+        postmaster = int((data / "postgres" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        _until(
+            lambda: (
+                (data / "postgres" / "postmaster.pid").exists()
+                and int((data / "postgres" / "postmaster.pid").read_text().split()[0]) != postmaster
+                and _ready(port)
+            ),
+            "postgres started again",
+        )
+        helpers = [*_children(supervisor, "worker"), *_children(supervisor, "beat")]
+        for helper in helpers:
+            helper.kill()
+        _until(
+            lambda: all(
+                _children(supervisor, role) and _children(supervisor, role)[0].pid != old.pid
+                for role, old in zip(("worker", "beat"), helpers, strict=True)
+            ),
+            "worker and beat started again",
+        )
+        assert [p.pid for p in _children(supervisor, "api")] == [api.pid]  # never stopped
+        assert process.poll() is None
+        redis_port = (data / "valkey" / "port").read_text().strip()
+        celery = create_celery(
+            Settings(_env_file=None, redis_url=f"redis://127.0.0.1:{redis_port}/0")  # type: ignore[call-arg]
+        )
+        assert celery.send_task("steward.ping").get(timeout=60) == "pong"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+    output = (tmp_path / "run.log").read_text(errors="replace")
+    assert "valkey had stopped; started it again" in output
+    assert "postgres had stopped; started it again" in output

