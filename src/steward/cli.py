@@ -27,8 +27,9 @@ cli = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 
-# How long children get to finish in-flight work after SIGTERM before they are killed.
-STOP_GRACE_S = 20.0
+# How long children get after SIGTERM, beyond the API's own shutdown grace (SHUTDOWN_GRACE_S,
+# for open streams) and uvicorn's wait for in-flight requests, before they are killed.
+STOP_MARGIN_S = 10.0
 # A child that exits is started again after a delay doubling from the first to the cap; one
 # that ran for RESTART_RESET_S before exiting starts again after the first delay.
 RESTART_FIRST_S = 1.0
@@ -123,6 +124,7 @@ class _Child:
 class _Supervisor:
     children: list[_Child] = field(default_factory=list)
     stopping: bool = False
+    stop_grace_s: float = 20.0
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
@@ -166,7 +168,7 @@ class _Supervisor:
     def stop_all(self) -> None:
         for child in self.children:
             child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.stop_grace_s
         for child in self.children:
             child.wait(deadline)
 
@@ -220,7 +222,7 @@ def run(
     host = host or settings.host
     port = port or settings.port
 
-    supervisor = _Supervisor()
+    supervisor = _Supervisor(stop_grace_s=settings.shutdown_grace_s + STOP_MARGIN_S)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
 
@@ -314,7 +316,8 @@ def api(
         access_log=False,
         proxy_headers=False,
         server_header=False,
-        timeout_graceful_shutdown=int(STOP_GRACE_S) - 5,
+        # In-flight requests get this long; open streams their grace (then a farewell).
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
 
 

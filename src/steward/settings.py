@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     # only bounds a copy's age should that channel fail silently.
     cache_local_ttl_s: float = Field(default=5.0, ge=0)
 
+    # Shutdown (SIGTERM): readiness fails at once; open assistant streams may go on this long,
+    # then get a final `error` event saying where to resume. Under uvicorn the process waits
+    # for in-flight requests a few seconds longer than this.
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=300)
+
     # Realtime
     realtime_heartbeat_s: float = Field(default=15.0, gt=0)
     realtime_max_lifetime_s: float = Field(default=3600.0, gt=0)

@@ -108,7 +108,8 @@ async def test_websocket_close_codes(engines: EngineSet, fake: ServedFake) -> No
         key = await http.post("/api/v1/api-keys", json={"name": "todos", "scopes": ["todos:read"]},
                               headers=alice.headers)  # fmt: skip
         url = base.replace("http://", "ws://") + "/api/v1/assistant/ws"
-        async with connect(url) as ws:
+        async with connect(url) as ws:  # no credentials, and a first message without any
+            await ws.send(json.dumps({"type": "message", "content": "hi"}))
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401

@@ -123,6 +123,28 @@ def _sse(entry_id: str | None, event: RunEvent) -> bytes:
 MAX_BATCH = 256
 
 
+def _farewell(run_id: uuid.UUID) -> bytes:
+    """The last event of a stream the server cuts when it shuts down: where to resume (no
+    `id:`, so the client's Last-Event-ID stays the last event it really got)."""
+    events = f"{API_V1}/assistant/runs/{run_id}/events"
+    problem = problem_body(
+        503,
+        detail=f"the server is restarting; resume with GET {events} and Last-Event-ID",
+        instance=events,
+        request_id=None,
+        slug="shutting-down",
+        extra={"resume": events},
+    )
+    return _sse(None, RunEvent("error", problem))
+
+
+def _stream(events: AsyncIterator[bytes], run_id: uuid.UUID, resources: Resources) -> EventStream:
+    return EventStream(
+        events, ping=PING_S, headers=STREAM_HEADERS, farewell=_farewell(run_id),
+        grace_s=resources.settings.shutdown_grace_s,
+    )  # fmt: skip
+
+
 def _drain(queue: asyncio.Queue[Any], first: Any) -> list[Any]:
     batch = [first]
     while len(batch) < MAX_BATCH and not queue.empty():
@@ -290,7 +312,7 @@ async def post_message(
         raise
     committed.set_result(True)
     if _wants_stream(request):
-        return EventStream(_live_events(live), ping=PING_S, headers=STREAM_HEADERS)
+        return _stream(_live_events(live), plan.run_id, resources)
     async for _ in live.events():
         pass
     run = await service.get_run(session, owner_id=plan.user_id, run_id=plan.run_id)
@@ -362,9 +384,7 @@ async def run_events(
         )
     await session.close()  # a stream may last minutes; it holds no connection meanwhile
     followers: RunFollowers = request.app.state.run_followers
-    return EventStream(
-        _replay(resources, followers, run_id, after), ping=PING_S, headers=STREAM_HEADERS
-    )
+    return _stream(_replay(resources, followers, run_id, after), run_id, resources)
 
 
 async def _replay(

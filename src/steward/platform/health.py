@@ -17,6 +17,7 @@ from steward.platform import db
 from steward.platform.deps import resources_of
 from steward.platform.errors import problem_response
 from steward.platform.metrics import render_metrics
+from steward.platform.sse import shutting_down
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,12 @@ async def _check_broker(url: str, limit_s: float) -> None:
 )
 async def ready(request: Request) -> ReadyRead | Response:
     resources = resources_of(request)
+    if shutting_down():
+        # Load balancers stop sending new requests here while in-flight ones finish.
+        return problem_response(
+            request, 503, detail="draining: this process is shutting down", slug="draining",
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
     settings = resources.settings
     timeout = settings.readiness_timeout_s
     checks: dict[str, Callable[[], Awaitable[Any]]] = {

@@ -16,16 +16,19 @@ end cancels nothing:
 - server shutdown reaches the stream through sse-starlette's own watcher, as it would with
   sse-starlette's task group.
 
-A client that disconnects, or a server shutting down, cancels the request's task: the body
-generator sees the cancellation (a live run's reader then cancels the run) and the response
-ends quietly, as sse-starlette's would. Anything else (HEAD, websocket scopes, a send
-timeout) is sse-starlette's own path.
+A client that disconnects cancels the request's task: the body generator sees the
+cancellation (a live run's reader then cancels the run) and the response ends quietly, as
+sse-starlette's would. A server shutting down (SIGTERM) first lets a stream that has a
+`farewell` go on for `grace_s`, so that most finish; one still open then receives the
+farewell event (where to resume) and is cancelled the same way. Anything else (HEAD,
+websocket scopes, a send timeout) is sse-starlette's own path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,22 +40,52 @@ from starlette.types import Message, Receive, Scope, Send
 
 class _Stop:
     """Ends one stream early: registered with sse-starlette's shutdown watcher (which calls
-    `set()`), and called by the disconnect watch."""
+    `set()`: the server is shutting down), and called by the disconnect watch (`cancel()`)."""
 
-    __slots__ = ("_task", "fired")
+    __slots__ = ("_on_shutdown", "_task", "fired")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], on_shutdown: Callable[[], None] | None = None
+    ) -> None:
         self._task = task
+        self._on_shutdown = on_shutdown
         self.fired = False
 
     def set(self) -> None:
+        if self._on_shutdown is not None:
+            on_shutdown, self._on_shutdown = self._on_shutdown, None
+            on_shutdown()  # the stream's grace begins; it calls cancel() when it ends
+        else:
+            self.cancel()
+
+    def cancel(self) -> None:
         if not self.fired:
             self.fired = True
             self._task.cancel()
 
 
+def shutting_down() -> bool:
+    """Whether this server process has been told to stop (SIGTERM under uvicorn): read from
+    the same place sse-starlette's watcher reads it."""
+    if _sse_starlette.AppStatus.should_exit:
+        return True
+    server = _sse_starlette._get_uvicorn_server()  # type: ignore[no-untyped-call]
+    return bool(server is not None and server.should_exit)
+
+
 class EventStream(EventSourceResponse):
-    """An SSE response (see the module's docstring for how it differs from its base)."""
+    """An SSE response (see the module's docstring for how it differs from its base).
+
+    `farewell`: the last event a stream still open `grace_s` after the server began to shut
+    down receives (say where to resume); without one, shutdown ends the stream at once."""
+
+    def __init__(
+        self, *args: Any, farewell: bytes | None = None, grace_s: float = 0.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.farewell = farewell
+        self.grace_s = grace_s
+        self._grace_timer: asyncio.TimerHandle | None = None
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         # No cancel scope per send when there is no send timeout (there is none here):
@@ -77,6 +110,14 @@ class EventStream(EventSourceResponse):
             return  # the server is shutting down: sse-starlette would not start either
         loop = asyncio.get_running_loop()
         stop = _Stop(task)
+        if self.farewell is not None and self.grace_s > 0:
+
+            def shutting_down() -> None:
+                self._grace_timer = loop.call_later(
+                    self.grace_s, lambda: loop.create_task(self._say_farewell(send, stop))
+                )
+
+            stop = _Stop(task, shutting_down)
         # sse-starlette's shutdown registry is internal to it (its version is pinned in
         # uv.lock, and tests/platform/test_sse.py checks that a shutdown ends a stream).
         shutdown = _sse_starlette._get_shutdown_state()
@@ -98,6 +139,10 @@ class EventStream(EventSourceResponse):
         finally:
             self.active = False
             shutdown.events.discard(stop)
+            stop._on_shutdown = None  # it refers to `stop` itself: no cycle left behind
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+                self._grace_timer = None
             if self._ping_timer is not None:
                 self._ping_timer.cancel()
                 self._ping_timer = None  # it holds a method of this response: no cycle
@@ -112,8 +157,19 @@ class EventStream(EventSourceResponse):
             if message["type"] == "http.disconnect":
                 if self.active:  # not the answer that follows a complete response
                     self.active = False
-                    stop.set()
+                    stop.cancel()
                 return
+
+    async def _say_farewell(self, send: Send, stop: _Stop) -> None:
+        assert self.farewell is not None
+        async with self._send_lock:
+            if self.active:
+                self.active = False  # the response is complete: nothing else is sent
+                with contextlib.suppress(OSError):
+                    await send(
+                        {"type": "http.response.body", "body": self.farewell, "more_body": False}
+                    )
+        stop.cancel()
 
     def _ping_due(self, send: Send, loop: asyncio.AbstractEventLoop) -> None:
         if not self.active:
