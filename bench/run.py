@@ -162,12 +162,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--only", choices=["http", "streams"], help="run one part only")
+    parser.add_argument("--only", choices=["http", "streams", "errors"], help="run one part only")
+    parser.add_argument("--error-requests", type=int, default=300,
+                        help="requests of each kind in the errors part")  # fmt: skip
     parser.add_argument("--token-delay", type=float, default=0.05,
                         help="seconds between the fake provider's tokens")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=100, help="tokens per fake reply")
     args = parser.parse_args()
-    if args.only != "streams" and shutil.which("wrk") is None:
+    if args.only in (None, "http") and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it)")
 
     from tests.engines import provide_engines
@@ -195,6 +197,20 @@ def main() -> None:
             http_benchmarks(args, engines, base_env, steward_env)
         if args.only in (None, "streams"):
             stream_benchmarks(args, engines, steward_env)
+        if args.only in (None, "errors"):
+            error_benchmarks(args, engines)
+
+
+def error_benchmarks(args: argparse.Namespace, engines: Any) -> None:
+    from bench import errors
+
+    results = [
+        anyio.run(
+            errors.measure, engines.database_url, engines.redis_url, log_format, args.error_requests
+        )
+        for log_format in ("console", "json")
+    ]
+    update_results("Errors", errors.report(results, args.error_requests))
 
 
 def stream_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
@@ -384,7 +400,7 @@ def write_results(
     update_results("HTTP", lines)
 
 
-SECTIONS = ("HTTP", "Streams", "Analysis")
+SECTIONS = ("HTTP", "Streams", "Errors", "Analysis")
 
 
 def update_results(title: str, lines: list[str]) -> None:

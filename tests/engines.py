@@ -66,6 +66,26 @@ async def _drop_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
+async def create_database(url: str, name: str) -> str:
+    """A new, empty database `name` on the server of `url` (replacing one of that name);
+    returns its URL. For tests that break their database on purpose."""
+    await _drop_database(url, name)
+    await _create_database(url, name)
+    return _with_database(url, name)
+
+
+async def drop_database(url: str, name: str) -> None:
+    await _drop_database(url, name)
+
+
+async def execute(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(_admin_url(url))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 @contextmanager
 def provide_engines() -> Iterator[EngineSet]:
     """A fresh database (dropped afterwards) and a Redis database for one test session."""

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +18,7 @@ from sse_starlette import sse as sse_starlette
 
 from tests.engines import EngineSet
 from tests.factories import make_account
-from tests.live import free_port
+from tests.live import api_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,34 +36,21 @@ async def test_readiness_fails_once_shutdown_begins(client: httpx.AsyncClient) -
 
 @pytest.mark.slow
 async def test_sigterm_gives_open_streams_a_grace_then_a_resume_point(engines: EngineSet) -> None:
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": engines.database_url, "REDIS_URL": engines.redis_url,
+    env = {"DATABASE_URL": engines.database_url, "REDIS_URL": engines.redis_url,
            "ASSISTANT_OFFLINE_DELAY_S": "0.1", "SHUTDOWN_GRACE_S": "1.5", "LOG_FORMAT": "json",
            "RATE_LIMIT_LOGIN": "1000/minute", "RATE_LIMIT_REGISTER": "1000/minute"}  # fmt: skip
-    log = (ROOT / ".steward-test" / "shutdown.log").open("wb")
-    process = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then awaits HTTP
-        [sys.executable, "-m", "steward", "api", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    log_path = ROOT / ".steward-test" / "shutdown.log"
     events: list[tuple[str, dict[str, object]]] = []
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline and process.poll() is None
-                    await asyncio.sleep(0.1)
+    with api_process(env, log_path) as served:
+        process = served.process
+        async with httpx.AsyncClient(base_url=served.base, timeout=30) as http:
             account = await make_account(http)
-            conversation = (
-                await http.post("/api/v1/assistant/conversations", json={}, headers=account.headers)
-            ).json()["id"]
+            created = await http.post(
+                "/api/v1/assistant/conversations", json={}, headers=account.headers
+            )
             long_message = " ".join(f"word{i}" for i in range(200))  # ~20 s of tokens
             async with http.stream(
-                "POST", f"/api/v1/assistant/conversations/{conversation}/messages",
+                "POST", f"/api/v1/assistant/conversations/{created.json()['id']}/messages",
                 json={"content": long_message},
                 headers={**account.headers, "Accept": "text/event-stream"},
             ) as response:  # fmt: skip
@@ -83,13 +67,7 @@ async def test_sigterm_gives_open_streams_a_grace_then_a_resume_point(engines: E
                             process.send_signal(signal.SIGTERM)
                             signalled_at = time.monotonic()
                 ended_after = time.monotonic() - signalled_at
-    finally:
-        try:
-            await asyncio.to_thread(process.wait, 30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            log.close()
+        await asyncio.to_thread(process.wait, 30)
 
     kinds = [kind for kind, _ in events]
     assert kinds.count("token") > 10, kinds  # the stream went on during the grace period
@@ -101,7 +79,7 @@ async def test_sigterm_gives_open_streams_a_grace_then_a_resume_point(engines: E
     assert 1.0 < ended_after < 6.0, ended_after
     # uvicorn re-raises the SIGTERM it caught once it has shut down cleanly.
     assert process.returncode in (0, -signal.SIGTERM)
-    assert '"app.stopped"' in (ROOT / ".steward-test" / "shutdown.log").read_text()
+    assert '"app.stopped"' in log_path.read_text()
     conn = await asyncpg.connect(engines.database_url.replace("+asyncpg", ""))
     try:
         run_status = await conn.fetchval(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -199,3 +200,31 @@ async def test_a_delivery_goes_to_the_address_that_was_checked(
     assert pinned.extensions == {"sni_hostname": "hooks.example"}
     with pytest.raises(webhooks.Refused):  # one private answer among public ones is enough
         await webhooks._destination("https://hooks.example/in", strict)
+
+
+async def test_a_refused_delivery_is_one_log_line_and_no_retry(
+    client: httpx.AsyncClient, app: FastAPI, engines: EngineSet
+) -> None:
+    """A webhook stored before the rules tightened (or by hand) points inward: its delivery
+    is refused at once, logged as one line, neither retried nor traced back."""
+    from steward.platform.db import session_scope
+    from tests.workers import LOG
+
+    alice = await make_account(client)
+    async with session_scope(app.state.resources.sessionmaker) as session:
+        session.add(Webhook(user_id=uuid.UUID(alice.id), url="http://127.0.0.1:9/h",
+                            secret="whsec_x"))  # fmt: skip
+    start = LOG.stat().st_size if LOG.exists() else 0
+    with running_worker(engines) as (celery, _):
+        event = {"id": "e-refused", "type": "notification.created", "data": {}}
+        result = celery.send_task(
+            webhooks.DELIVER_TASK, kwargs={"user_id": alice.id, "event": event}
+        )
+        assert await asyncio.to_thread(result.get, 30) is None
+        with LOG.open() as log:  # read before the worker stops (its shutdown logs too)
+            log.seek(start)
+            written = log.read()
+    refused = [line for line in written.splitlines() if "webhook.refused" in line]
+    assert len(refused) == 1, written[-2000:]
+    assert "Traceback" not in written
+    assert "retry" not in refused[0].lower()

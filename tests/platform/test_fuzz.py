@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from steward.platform.db import async_url
 from tests.engines import EngineSet
 from tests.factories import PASSWORD
-from tests.live import free_port
+from tests.live import api_process
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +44,8 @@ CHECKS = ",".join(
 
 @pytest.fixture(scope="module")
 def api(engines: EngineSet) -> Iterator[str]:
-    OUT.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     unlimited = "1000000/minute"
     env = {
-        **os.environ,
         "DATABASE_URL": engines.database_url,
         "REDIS_URL": engines.redis_url,
         "LOG_FORMAT": "json",
@@ -59,28 +56,8 @@ def api(engines: EngineSet) -> Iterator[str]:
         "RATE_LIMIT_ASSISTANT": unlimited,
         "ASSISTANT_OFFLINE_DELAY_S": "0",
     }
-    log = (OUT / "api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "steward", "api", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "the API exited; see .steward-test/fuzz/api.log"
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not start within 60 s"
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
+    with api_process(env, OUT / "api.log") as served:
+        yield served.base
 
 
 async def _promote(database_url: str, email: str) -> None:

@@ -5,123 +5,82 @@ refreshes, a WebSocket with its token in the URL, and a 500 (logged once, shortl
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
 from steward.platform import migrations
-from tests.engines import EngineSet
-from tests.live import free_port
+from tests.engines import EngineSet, create_database, drop_database, execute
+from tests.live import api_process
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _database(url: str, name: str, *, drop: bool = False) -> str:
-    plain = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    conn = await asyncpg.connect(plain)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if not drop:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, query = url.partition("?")
-    return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
+EMAIL = "logs@example.com"
 
 
-async def _break_users_table(url: str) -> None:
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    try:
-        await conn.execute("ALTER TABLE users RENAME TO users_gone")
-    finally:
-        await conn.close()
+async def _sign_in_and_use_every_credential(
+    http: httpx.AsyncClient, port: int, *, password: str, wrong: str
+) -> list[str]:
+    """A failed and a good sign-in, an API key made and used, a refresh, a WebSocket with
+    its token in the URL; returns every credential that went over the wire."""
+    registered = await http.post(
+        "/api/v1/auth/register", json={"email": EMAIL, "password": password}
+    )
+    assert registered.status_code == 201
+    failed = await http.post("/api/v1/auth/token", data={"username": EMAIL, "password": wrong})
+    assert failed.status_code == 401
+    signed_in = await http.post(
+        "/api/v1/auth/token", data={"username": EMAIL, "password": password}
+    )
+    tokens = signed_in.json()
+    auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+    created = await http.post(
+        "/api/v1/api-keys", json={"name": "k", "scopes": ["todos:read"]}, headers=auth
+    )
+    key = created.json()["secret"]
+    assert (await http.get("/api/v1/todos", headers={"x-api-key": key})).status_code == 200
+    refreshed = (
+        await http.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    ).json()
+    socket_url = f"ws://127.0.0.1:{port}/api/v1/realtime?access_token={tokens['access_token']}"
+    async with connect(socket_url) as ws:
+        assert "ready" in await asyncio.wait_for(ws.recv(), 5)
+    return [tokens["access_token"], tokens["refresh_token"], key,
+            refreshed["access_token"], refreshed["refresh_token"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("log_format", ["console", "json"])
 async def test_no_secret_reaches_the_process_output(engines: EngineSet, log_format: str) -> None:
     name = f"steward_logs_{secrets.token_hex(4)}"
-    database_url = await _database(engines.database_url, name)
+    database_url = await create_database(engines.database_url, name)
     await asyncio.to_thread(migrations.upgrade, database_url)
     secret_key = "sk-" + secrets.token_hex(24)
     password, wrong = "Pw-" + secrets.token_hex(8), "Wrong-" + secrets.token_hex(8)
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": engines.redis_url,
+    env = {"DATABASE_URL": database_url, "REDIS_URL": engines.redis_url,
            "SECRET_KEY": secret_key, "LOG_FORMAT": log_format, "LOG_LEVEL": "DEBUG",
            "RATE_LIMIT_LOGIN": "1000/minute"}  # fmt: skip
     log_path = ROOT / ".steward-test" / f"logs-{log_format}.log"
-    log_path.parent.mkdir(exist_ok=True)
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then awaits HTTP
-        [sys.executable, "-m", "steward", "api", "--port", str(port)],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     seen: list[str] = [secret_key, password, wrong]
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline and process.poll() is None
-                    await asyncio.sleep(0.1)
-            email = f"logs-{secrets.token_hex(4)}@example.com"
-            registered = await http.post(
-                "/api/v1/auth/register", json={"email": email, "password": password}
-            )
-            assert registered.status_code == 201
-            failed = await http.post(
-                "/api/v1/auth/token", data={"username": email, "password": wrong}
-            )
-            assert failed.status_code == 401
-            tokens = (
-                await http.post(
-                    "/api/v1/auth/token", data={"username": email, "password": password}
+        with api_process(env, log_path) as served:
+            async with httpx.AsyncClient(base_url=served.base, timeout=10) as http:
+                seen += await _sign_in_and_use_every_credential(
+                    http, served.port, password=password, wrong=wrong
                 )
-            ).json()
-            auth = {"Authorization": f"Bearer {tokens['access_token']}"}
-            key = (
-                await http.post(
-                    "/api/v1/api-keys", json={"name": "k", "scopes": ["todos:read"]}, headers=auth
+                await execute(database_url, "ALTER TABLE users RENAME TO users_gone")
+                crashed = await http.post(
+                    "/api/v1/auth/token", data={"username": EMAIL, "password": password}
                 )
-            ).json()["secret"]
-            assert (await http.get("/api/v1/todos", headers={"x-api-key": key})).status_code == 200
-            refreshed = (
-                await http.post(
-                    "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
-                )
-            ).json()
-            seen += [tokens["access_token"], tokens["refresh_token"], key]
-            seen += [refreshed["access_token"], refreshed["refresh_token"]]
-            socket_url = (
-                f"ws://127.0.0.1:{port}/api/v1/realtime?access_token={tokens['access_token']}"
-            )
-            async with connect(socket_url) as ws:
-                assert "ready" in await asyncio.wait_for(ws.recv(), 5)
-
-            await _break_users_table(database_url)
-            crashed = await http.post(
-                "/api/v1/auth/token", data={"username": email, "password": password}
-            )
-            assert crashed.status_code == 500
-            assert crashed.headers["content-type"] == "application/problem+json"
+                assert crashed.status_code == 500
+                assert crashed.headers["content-type"] == "application/problem+json"
     finally:
-        process.terminate()
-        await asyncio.to_thread(process.wait, 30)
-        log_file.close()
-        await _database(engines.database_url, name, drop=True)
+        await drop_database(engines.database_url, name)
     output = log_path.read_text()
 
     leaked = [value[:8] + "..." for value in seen if value in output]
