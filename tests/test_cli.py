@@ -163,6 +163,20 @@ def test_run_restarts_what_dies_and_never_stops_the_api(tmp_path: Path) -> None:
         supervisor = psutil.Process(process.pid)
         _until(lambda: all(_children(supervisor, r) for r in ("worker", "beat")), "worker, beat")
         (api,) = _children(supervisor, "api")
+        base = f"http://127.0.0.1:{port}"
+        email = "kept@example.com"
+        registered = httpx.post(f"{base}/api/v1/auth/register",
+                                json={"email": email, "password": "correct-horse-42"})  # fmt: skip
+        assert registered.status_code == 201
+        token = httpx.post(
+            f"{base}/api/v1/auth/token", data={"username": email, "password": "correct-horse-42"}
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        acknowledged = []
+        for title in ("before the faults",):
+            created = httpx.post(f"{base}/api/v1/todos", json={"title": title}, headers=auth)
+            assert created.status_code == 201
+            acknowledged.append(title)
 
         valkey = int((data / "valkey" / "valkey.pid").read_text())
         os.kill(valkey, signal.SIGKILL)
@@ -191,6 +205,11 @@ def test_run_restarts_what_dies_and_never_stops_the_api(tmp_path: Path) -> None:
             "worker and beat started again",
         )
         assert [p.pid for p in _children(supervisor, "api")] == [api.pid]  # never stopped
+        created = httpx.post(f"{base}/api/v1/todos", json={"title": "after"}, headers=auth)
+        assert created.status_code == 201
+        acknowledged.append("after")
+        listed = httpx.get(f"{base}/api/v1/todos", headers=auth).json()["items"]
+        assert sorted(t["title"] for t in listed) == sorted(acknowledged)  # none lost
         assert process.poll() is None
         redis_port = (data / "valkey" / "port").read_text().strip()
         celery = create_celery(

@@ -67,6 +67,7 @@ async def test_access_token_claims(client: httpx.AsyncClient) -> None:
     assert {"exp", "iat", "nbf", "jti", "sid"} <= claims.keys()
     assert set(claims["scope"].split()) == {
         "todos:read", "todos:write", "assistant", "knowledge:read", "knowledge:write",
+        "profile:write",
     }  # fmt: skip
     assert jwt.get_unverified_header(account.access_token)["alg"] == "HS256"
 

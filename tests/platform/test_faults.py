@@ -118,6 +118,8 @@ async def test_frozen_postgres_is_a_prompt_503_and_recovers(
                  "db_connect_timeout_s": 2.0}  # fmt: skip
     async with serving(urls, **overrides) as http:
         account = await make_account(http)
+        before = await http.post("/api/v1/todos", json={"title": "before"}, headers=account.headers)
+        assert before.status_code == 201
         with frozen(_postgres_pids(engines)):
             answers = [
                 await _timed(
@@ -143,6 +145,9 @@ async def test_frozen_postgres_is_a_prompt_503_and_recovers(
             assert created.status_code == 503, created.text
             assert time.monotonic() < deadline, "PostgreSQL did not come back"
             await _pause()
+        listed = await http.get("/api/v1/todos", headers=account.headers)
+        titles = {t["title"] for t in listed.json()["items"]}
+        assert {"before", "after"} <= titles  # every acknowledged write is there
 
 
 async def _pause() -> None:

@@ -55,6 +55,8 @@ def api(engines: EngineSet) -> Iterator[str]:
         "RATE_LIMIT_REGISTER": unlimited,
         "RATE_LIMIT_ASSISTANT": unlimited,
         "ASSISTANT_OFFLINE_DELAY_S": "0",
+        # Streams that stay open until their lifetime (the realtime SSE twin) end at once.
+        "REALTIME_MAX_LIFETIME_S": "1",
     }
     with api_process(env, OUT / "api.log") as served:
         yield served.base

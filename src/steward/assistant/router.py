@@ -32,9 +32,9 @@ from steward.accounts.deps import (
     OptionalPrincipal,
     Principal,
     RateLimited,
-    accept_socket,
     limit,
 )
+from steward.accounts.sockets import accept_socket
 from steward.assistant import prompts, runner, service
 from steward.assistant.deps import (
     AssistantLimited,

@@ -14,7 +14,8 @@ import structlog
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from steward.accounts.deps import CurrentUser, ProfileWriter, RateLimited, accept_socket
+from steward.accounts.deps import CurrentUser, ProfileWriter, RateLimited
+from steward.accounts.sockets import accept_socket
 from steward.notifications import service, webhooks
 from steward.notifications.hub import CONNECTIONS
 from steward.notifications.schemas import (
