@@ -120,6 +120,14 @@ async def test_gateway_errors_use_openais_shape(engines: EngineSet, fake: Served
                               headers={"Authorization": f"Bearer {good_key}"})  # fmt: skip
         assert raw.status_code == 400
         assert set(raw.json()["error"]) == {"message", "type", "param", "code"}
+        for malformed in ({"role": "tool"}, {"role": "tool", "content": "x"},
+                          {"role": "user"}, {"role": "assistant"}):  # fmt: skip
+            refused = await http.post(
+                "/v1/chat/completions", json={"model": MODEL, "messages": [malformed]},
+                headers={"Authorization": f"Bearer {good_key}"},
+            )  # fmt: skip
+            assert refused.status_code == 400, (malformed, refused.text)
+            assert refused.json()["error"]["param"].startswith("messages.0")
         fake.script(*[Script(status=500) for _ in range(3)])
         with pytest.raises(openai.InternalServerError):
             await sdk.chat.completions.create(

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steward.accounts.deps import Principal, limit, resolve_principal
@@ -120,10 +120,25 @@ GatewayCaller = Annotated[Principal, Depends(gateway_principal)]
 
 
 class ChatMessage(BaseModel):
+    """One message, held to what the Chat Completions API itself requires of each role, so
+    that a malformed one is the caller's 400 rather than a provider's error."""
+
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Any = None
+
+    @model_validator(mode="after")
+    def _role_requirements(self) -> ChatMessage:
+        extra = self.model_extra or {}
+        if self.role == "assistant":
+            if self.content is None and not extra.get("tool_calls"):
+                raise ValueError("an assistant message needs content or tool_calls")
+        elif self.content is None:
+            raise ValueError(f"a {self.role} message needs content")
+        if self.role == "tool" and not isinstance(extra.get("tool_call_id"), str):
+            raise ValueError("a tool message needs tool_call_id")
+        return self
 
 
 class CompletionRequest(BaseModel):

@@ -54,7 +54,7 @@ def _intent(text: str, available: set[str]) -> tuple[str, dict[str, Any]] | None
 def _reply(request: ChatRequest) -> str | tuple[str, dict[str, Any]]:
     last = request.messages[-1] if request.messages else {"role": "user", "content": ""}
     if last["role"] == "tool":
-        return f"{PREFIX} The tool {last.get('name') or 'call'} answered: {last['content']}"
+        return f"{PREFIX} The tool {last.get('name') or 'call'} answered: {last.get('content')}"
     text = str(last.get("content") or "")
     available = {tool["function"]["name"] for tool in request.tools}
     intent = _intent(text, available)
