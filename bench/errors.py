@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from asgi_lifespan import LifespanManager
 
@@ -42,7 +43,7 @@ async def measure(database_url: str, redis_url: str, log_format: str, n: int) ->
     url = await create_database(database_url, name)
     from steward.platform import migrations
 
-    migrations.upgrade(url)
+    await anyio.to_thread.run_sync(migrations.upgrade, url)
     OUT.mkdir(parents=True, exist_ok=True)
     log_path = OUT / f"errors-{log_format}.log"
     with log_path.open("w") as log_file:

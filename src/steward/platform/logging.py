@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import re
 import sys
 import traceback
@@ -42,18 +43,41 @@ _SECRET_PARAMS = re.compile(
     r"(?i)([?&](?:access_token|refresh_token|token|api_key|key|password|secret)=)[^&\s\"']*"
 )
 
-# Tracebacks are printed plainly, without local variables (which hold passwords, keys and
-# the settings' secrets), and only their innermost frames: rendering a traceback with locals
-# took 4-6 s of event loop per 500 and thousands of lines.
+# Tracebacks are short: the frames of Steward's own code plus the innermost one, and the
+# chain of causes as one line each; never local variables (they hold passwords, keys and the
+# settings' secrets). Rendering tracebacks with locals took 4-6 s of event loop per 500 and
+# thousands of lines; Python's own format of a chain through SQLAlchemy is ~80 lines, most
+# of them library internals, and its caret markers cost a parse per frame.
 MAX_TRACEBACK_FRAMES = 12
+_MAX_CAUSES = 5
+_OWN_CODE = f"{os.sep}steward{os.sep}"
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
+def _one_line(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+
+
 def short_traceback(exc_info: _ExcInfo) -> str:
-    """The exception chain with at most the innermost MAX_TRACEBACK_FRAMES frames of each."""
+    """The exception with Steward's frames (and the innermost), then its causes."""
     _, exc, tb = exc_info
-    lines = traceback.format_exception(type(exc), exc, tb, limit=-MAX_TRACEBACK_FRAMES)
-    return _SECRET_PARAMS.sub(r"\1[redacted]", "".join(lines).rstrip())
+    frames = traceback.extract_tb(tb)
+    last = len(frames) - 1
+    shown = [f for i, f in enumerate(frames) if _OWN_CODE in f.filename or i == last]
+    shown = shown[-MAX_TRACEBACK_FRAMES:]
+    lines = [f"Traceback ({len(frames) - len(shown)} library frames not shown):"]
+    for frame in shown:
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line}")
+    lines.append(_one_line(exc))
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    for _ in range(_MAX_CAUSES):
+        if cause is None:
+            break
+        lines.append(f"caused by: {_one_line(cause)}")
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return _SECRET_PARAMS.sub(r"\1[redacted]", "\n".join(lines))
 
 
 def _console_traceback(out: TextIO, exc_info: _ExcInfo) -> None:
