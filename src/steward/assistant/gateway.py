@@ -41,6 +41,7 @@ from steward.platform.errors import (
     StewardError,
     Unauthorized,
 )
+from steward.platform.inputs import Int32, Int64
 from steward.platform.openapi import ERROR_SHAPE
 from steward.platform.resources import Resources
 
@@ -150,12 +151,12 @@ class CompletionRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     tool_choice: Any = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Int32 | None = Field(default=None, ge=1)
+    max_completion_tokens: Int32 | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     n: Literal[1] | None = None
 
 
