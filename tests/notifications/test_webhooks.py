@@ -215,7 +215,9 @@ async def test_a_refused_delivery_is_one_log_line_and_no_retry(
         session.add(Webhook(user_id=uuid.UUID(alice.id), url="http://127.0.0.1:9/h",
                             secret="whsec_x"))  # fmt: skip
     start = LOG.stat().st_size if LOG.exists() else 0
-    with running_worker(engines) as (celery, _):
+    # A broker of its own: the module's permissive worker must not take this delivery.
+    own_broker = engines.redis_url.rsplit("/", 1)[0] + "/11"
+    with running_worker(engines, broker=own_broker) as (celery, _):
         event = {"id": "e-refused", "type": "notification.created", "data": {}}
         result = celery.send_task(
             webhooks.DELIVER_TASK, kwargs={"user_id": alice.id, "event": event}
