@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import WebSocket
+from fastapi import WebSocket, WebSocketDisconnect
 from starlette.requests import HTTPConnection
 
 from steward.accounts.deps import Principal, authenticate, credentials
@@ -58,6 +58,8 @@ async def accept_socket(websocket: WebSocket, scope: str) -> Principal | None:
         if credentials(websocket) == (None, None):
             await _first_message_credentials(websocket)
         principal = await authenticate_connection(websocket)
+    except WebSocketDisconnect:
+        return None  # gone before it said who it is
     except StewardError as exc:
         await websocket.close(code=CLOSE_UNAUTHENTICATED, reason=exc.detail[:100])
         return None

@@ -35,8 +35,9 @@ class CircuitOpen(RedisConnectionError):
 
 
 class CircuitBreaker:
-    """Opens after `failures` consecutive failed calls; while open, calls fail at once; after
-    `reset_s`, one call at a time is let through to probe, and a success closes it.
+    """Opens after `failures` consecutive failed calls; while open, calls fail at once; one
+    call per `reset_s` is let through to probe, and a success closes it (a probe that
+    neither succeeds nor fails, a pub/sub poll, just waits for the next period).
 
     Written here because it must sit inside the Redis client's connection (so that every
     command, pipeline and script is covered), where no breaker library plugs in."""
@@ -47,7 +48,6 @@ class CircuitBreaker:
         self.name = name
         self._failures = 0
         self._open_until = 0.0
-        self._probing = False
 
     @property
     def is_open(self) -> bool:
@@ -57,9 +57,9 @@ class CircuitBreaker:
         if not self.is_open:
             return True
         now = time.monotonic()
-        if now < self._open_until or self._probing:
+        if now < self._open_until:
             return False
-        self._probing = True  # half-open: this call probes; the others keep failing fast
+        self._open_until = now + self.reset_s  # this call probes; the next may in a period
         return True
 
     def succeeded(self) -> None:
@@ -67,11 +67,9 @@ class CircuitBreaker:
             log.info("redis.circuit_closed", client=self.name)
             REDIS_CIRCUIT_OPEN.labels(self.name).set(0)
         self._failures = 0
-        self._probing = False
 
     def failed(self) -> None:
         self._failures += 1
-        self._probing = False
         if self._failures >= self.threshold:
             if self._failures == self.threshold:
                 log.warning("redis.circuit_opened", client=self.name, reset_s=self.reset_s)
