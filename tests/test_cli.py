@@ -142,6 +142,14 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> Non
         time.sleep(0.2)
 
 
+def _pid_in(path: Path) -> int | None:
+    """The pid a pidfile names, or None while it is absent or being rewritten."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _ready(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=3).status_code == 200
@@ -178,29 +186,33 @@ def test_run_restarts_what_dies_and_never_stops_the_api(tmp_path: Path) -> None:
             assert created.status_code == 201
             acknowledged.append(title)
 
-        valkey = int((data / "valkey" / "valkey.pid").read_text())
+        valkey_pidfile = data / "valkey" / "valkey.pid"
+        postgres_pidfile = data / "postgres" / "postmaster.pid"
+        valkey = _pid_in(valkey_pidfile)
+        assert valkey is not None
         os.kill(valkey, signal.SIGKILL)
         _until(
-            lambda: int((data / "valkey" / "valkey.pid").read_text()) != valkey and _ready(port),
+            lambda: _pid_in(valkey_pidfile) not in (None, valkey) and _ready(port),
             "valkey started again",
         )
-        postmaster = int((data / "postgres" / "postmaster.pid").read_text().split()[0])
+        postmaster = _pid_in(postgres_pidfile)
+        assert postmaster is not None
         os.kill(postmaster, signal.SIGKILL)
         _until(
-            lambda: (
-                (data / "postgres" / "postmaster.pid").exists()
-                and int((data / "postgres" / "postmaster.pid").read_text().split()[0]) != postmaster
-                and _ready(port)
-            ),
+            lambda: _pid_in(postgres_pidfile) not in (None, postmaster) and _ready(port),
             "postgres started again",
         )
         helpers = [*_children(supervisor, "worker"), *_children(supervisor, "beat")]
         for helper in helpers:
             helper.kill()
+
+        def restarted(role: str, old: psutil.Process) -> bool:
+            now = _children(supervisor, role)  # read once: children come and go meanwhile
+            return bool(now) and now[0].pid != old.pid
+
         _until(
             lambda: all(
-                _children(supervisor, role) and _children(supervisor, role)[0].pid != old.pid
-                for role, old in zip(("worker", "beat"), helpers, strict=True)
+                restarted(role, old) for role, old in zip(("worker", "beat"), helpers, strict=True)
             ),
             "worker and beat started again",
         )
