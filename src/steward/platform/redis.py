@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import structlog
-from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -123,20 +123,22 @@ class _Guarded(AbstractConnection):
 
 
 def create_redis(settings: Settings, *, url: str | None = None) -> Redis:
-    """The general client (longer socket timeout, one quick retry)."""
+    """The general client (longer socket timeout, one quick retry). Its pool makes a caller
+    wait for a free connection (up to the socket timeout) rather than fail at once: a burst
+    of readers catching up must queue, not break their streams."""
     redis_url = url or settings.require_engines()[1]
-    client: Redis = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         redis_url,
         max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         health_check_interval=30,
         # One quick retry absorbs a dropped idle connection; anything longer is an outage
         # that callers handle (fail open or closed) rather than wait out.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-        decode_responses=False,
     )
-    return client
+    return Redis(connection_pool=pool, decode_responses=False)
 
 
 def create_request_redis(settings: Settings, *, url: str | None = None) -> Redis:
@@ -146,8 +148,10 @@ def create_request_redis(settings: Settings, *, url: str | None = None) -> Redis
     options: dict[str, Any] = dict(parse_url(redis_url))
     base: type[AbstractConnection] = options.pop("connection_class", Connection)
     guarded = type(f"Guarded{base.__name__}", (_Guarded, base), {})
-    pool = ConnectionPool(
+    # A burst waits for a free connection at most the deadline, then fails open or closed.
+    pool = BlockingConnectionPool(
         **options,
+        timeout=deadline,  # type: ignore[arg-type]  # typed int, used as a float delay
         connection_class=guarded,
         breaker=CircuitBreaker(
             failures=settings.redis_breaker_failures,
