@@ -202,6 +202,7 @@ async def test_a_delivery_goes_to_the_address_that_was_checked(
         await webhooks._destination("https://hooks.example/in", strict)
 
 
+@pytest.mark.slow
 async def test_a_refused_delivery_is_one_log_line_and_no_retry(
     client: httpx.AsyncClient, app: FastAPI, engines: EngineSet
 ) -> None:
