@@ -186,22 +186,18 @@ def test_run_restarts_what_dies_and_never_stops_the_api(tmp_path: Path) -> None:
             assert created.status_code == 201
             acknowledged.append(title)
 
-        valkey_pidfile = data / "valkey" / "valkey.pid"
-        postgres_pidfile = data / "postgres" / "postmaster.pid"
-        valkey = _pid_in(valkey_pidfile)
-        assert valkey is not None
-        os.kill(valkey, signal.SIGKILL)
-        _until(
-            lambda: _pid_in(valkey_pidfile) not in (None, valkey) and _ready(port),
-            "valkey started again",
-        )
-        postmaster = _pid_in(postgres_pidfile)
-        assert postmaster is not None
-        os.kill(postmaster, signal.SIGKILL)
-        _until(
-            lambda: _pid_in(postgres_pidfile) not in (None, postmaster) and _ready(port),
-            "postgres started again",
-        )
+        # Each engine's server process (Valkey; PostgreSQL's postmaster), killed outright.
+        for engine, pidfile in (("valkey", data / "valkey" / "valkey.pid"),
+                                ("postgres", data / "postgres" / "postmaster.pid")):  # fmt: skip
+            killed = _pid_in(pidfile)
+            assert killed is not None
+            os.kill(killed, signal.SIGKILL)
+            _until(
+                lambda pidfile=pidfile, killed=killed: (
+                    _pid_in(pidfile) not in (None, killed) and _ready(port)
+                ),
+                f"{engine} started again",
+            )
         helpers = [*_children(supervisor, "worker"), *_children(supervisor, "beat")]
         for helper in helpers:
             helper.kill()

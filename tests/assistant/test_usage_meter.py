@@ -41,10 +41,12 @@ async def test_calls_ending_together_are_one_write_and_all_counted(
     resources = Resources.open(make_settings(engines, db_pool_size=1, db_max_overflow=0))
     try:
         await asyncio.gather(*(
-            resources.usage.record(user_id=alice, api_key_id=None, usage=Usage(1, 2, 3))
+            resources.get(UsageMeter).record(user_id=alice, api_key_id=None, usage=Usage(1, 2, 3))
             for _ in range(200)
         ))  # fmt: skip
-        await resources.usage.record(user_id=alice, api_key_id=None, usage=Usage(10, 0, 10))
+        await resources.get(UsageMeter).record(
+            user_id=alice, api_key_id=None, usage=Usage(10, 0, 10)
+        )
         async with resources.transaction() as session:
             row = (
                 await session.execute(select(UsageDay).where(UsageDay.user_id == alice))

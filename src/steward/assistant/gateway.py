@@ -33,6 +33,8 @@ from steward.assistant.providers import (
     ToolCallDelta,
     Usage,
 )
+from steward.assistant.resilience import Providers
+from steward.assistant.usage import UsageMeter
 from steward.platform.deps import Session, resources_of
 from steward.platform.errors import (
     Forbidden,
@@ -162,8 +164,8 @@ class CompletionRequest(BaseModel):
 
 def _models(resources: Resources) -> list[tuple[str, Provider]]:
     out: list[tuple[str, Provider]] = []
-    for name in resources.providers.names():
-        provider = resources.providers.get(name)
+    for name in resources.get(Providers).names():
+        provider = resources.get(Providers).get(name)
         assert provider is not None
         out.extend((model, provider) for model in [provider.config.model, *provider.config.models])
     return out
@@ -231,7 +233,7 @@ async def chat_completions(
         or provider.config.max_output_tokens,
     )  # fmt: skip
     try:
-        opened = await resources.providers.open(provider, chat)
+        opened = await resources.get(Providers).open(provider, chat)
     except ProviderError as exc:
         status = 503 if isinstance(exc, ProviderUnavailable) else 502
         return openai_error(status, str(exc), code=exc.kind)
@@ -343,7 +345,7 @@ class _Completion:
     async def _record(self) -> None:
         assert self.principal.user_id is not None
         try:
-            await self.resources.usage.record(
+            await self.resources.get(UsageMeter).record(
                 user_id=self.principal.user_id, api_key_id=self.principal.api_key_id,
                 usage=self._final_usage(),
             )  # fmt: skip

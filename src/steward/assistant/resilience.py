@@ -28,6 +28,7 @@ from steward.assistant.providers import (
     ProviderError,
     ProviderUnavailable,
 )
+from steward.platform.resources import provide
 from steward.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -259,3 +260,6 @@ class Providers:
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()
+
+
+provide(Providers, lambda resources: Providers(resources.settings))

@@ -46,6 +46,7 @@ from steward.assistant.deps import (
 )
 from steward.assistant.models import RunStatus
 from steward.assistant.providers import ChatRequest, ProviderError, TextDelta
+from steward.assistant.resilience import Providers
 from steward.assistant.schemas import (
     ConversationCreate,
     ConversationRead,
@@ -234,7 +235,7 @@ async def _plan(
 ) -> tuple[service.Plan, service.Preloaded | None]:
     settings = resources.settings
     provider, model = service.choose_provider(
-        resources.providers, name=body.provider, model=body.model
+        resources.get(Providers), name=body.provider, model=body.model
     )
     assert principal.user is not None
     await service.check_quota(
@@ -621,7 +622,7 @@ async def chat(
     ):
         raise Forbidden("missing scope 'assistant'")
     await limit(request, resources.policies.assistant, principal)
-    provider = resources.providers.get(None)
+    provider = resources.get(Providers).get(None)
     assert provider is not None
     chat_request = ChatRequest(
         model=provider.config.model,
@@ -636,7 +637,7 @@ async def _demo(
     resources: Resources, provider: Any, request: ChatRequest
 ) -> AsyncIterator[dict[str, str]]:
     try:
-        opened = await resources.providers.open(provider, request)
+        opened = await resources.get(Providers).open(provider, request)
         async for chunk in opened.chunks():
             if isinstance(chunk, TextDelta):
                 yield {"data": orjson.dumps({"token": chunk.text}).decode()}

@@ -35,7 +35,9 @@ from steward.assistant.providers import (
     ToolCallDelta,
     Usage,
 )
+from steward.assistant.resilience import Providers
 from steward.assistant.streams import EntryIds, RunEvent, RunLog
+from steward.assistant.usage import UsageMeter
 from steward.platform.db import on_commit
 from steward.platform.errors import PROBLEM_BASE, Conflict
 from steward.platform.resources import Resources
@@ -124,7 +126,7 @@ class Execution:
 
     async def events(self) -> AsyncIterator[RunEvent]:
         plan = self.plan
-        provider = self.resources.providers.get(plan.provider)
+        provider = self.resources.get(Providers).get(plan.provider)
         yield RunEvent("run", {
             "run_id": str(plan.run_id), "conversation_id": str(plan.conversation_id),
             "provider": plan.provider, "model": plan.model, "offline": plan.provider == "offline",
@@ -199,7 +201,7 @@ class Execution:
             messages, _ = tokens.fit(system, history, budget=budget, model=plan.model)
             request = ChatRequest(model=plan.model, messages=messages, tools=offered,
                                   max_tokens=provider.config.max_output_tokens)  # fmt: skip
-            opened = await self.resources.providers.open(provider, request)
+            opened = await self.resources.get(Providers).open(provider, request)
             current = _Round()
             chunks = aiter(opened.chunks())
             loop = asyncio.get_running_loop()
@@ -301,7 +303,7 @@ class Execution:
             # Apart from the run's transaction: an accounting failure must not leave the run
             # "running". Batched with other runs ending now (see usage.UsageMeter).
             try:
-                await self.resources.usage.record(
+                await self.resources.get(UsageMeter).record(
                     user_id=self.plan.user_id, api_key_id=self.plan.api_key_id, usage=self.usage
                 )
             except Exception:  # the run is recorded; the log must say its tokens were not
@@ -413,7 +415,7 @@ async def cancel(
 
 
 def run_log(resources: Resources) -> RunLog:
-    return resources.run_log
+    return resources.get(RunLog)
 
 
 async def drive(

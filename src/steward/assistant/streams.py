@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from steward.platform.resources import provide
 from steward.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -342,3 +343,6 @@ class RunFollowers:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+provide(RunLog, lambda resources: RunLog.from_settings(resources.redis, resources.settings))

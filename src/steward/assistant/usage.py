@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant.models import UsageDay
 from steward.assistant.providers import Usage
+from steward.platform.resources import provide
 
 
 def today() -> date:
@@ -122,3 +123,6 @@ class UsageMeter:
         """Wait for the writes in flight (at shutdown)."""
         if self._writer is not None:
             await asyncio.wait([self._writer])
+
+
+provide(UsageMeter, lambda resources: UsageMeter(resources.transaction))

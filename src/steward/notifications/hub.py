@@ -22,6 +22,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from steward.platform.pubsub import user_channel
+from steward.platform.resources import provide
 
 log = structlog.get_logger(__name__)
 
@@ -145,3 +146,7 @@ class Hub:
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+provide(Hub, lambda resources: Hub(resources.redis,
+                                    max_queue=resources.settings.realtime_queue_size))  # fmt: skip

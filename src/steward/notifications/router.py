@@ -17,7 +17,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from steward.accounts.deps import CurrentUser, ProfileWriter, RateLimited
 from steward.accounts.sockets import accept_socket
 from steward.notifications import service, webhooks
-from steward.notifications.hub import CONNECTIONS
+from steward.notifications.hub import CONNECTIONS, Hub
 from steward.notifications.schemas import (
     NotificationRead,
     ReadAll,
@@ -115,7 +115,7 @@ async def realtime_socket(websocket: WebSocket) -> None:
 
     resources = resources_of(websocket)
     settings = resources.settings
-    subscription = await resources.hub.subscribe(str(principal.user_id))
+    subscription = await resources.get(Hub).subscribe(str(principal.user_id))
     CONNECTIONS.labels("websocket").inc()
     deadline = time.monotonic() + settings.realtime_max_lifetime_s
     # The client may talk (pings); reading is also how a disconnect is noticed.
@@ -176,7 +176,7 @@ async def realtime_events(
 async def _stream(request: Request, user_id: str) -> AsyncIterator[ServerSentEvent]:
     resources = resources_of(request)
     settings = resources.settings
-    subscription = await resources.hub.subscribe(user_id)
+    subscription = await resources.get(Hub).subscribe(user_id)
     CONNECTIONS.labels("sse").inc()
     deadline = time.monotonic() + settings.realtime_max_lifetime_s
     try:

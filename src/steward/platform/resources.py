@@ -1,17 +1,22 @@
-"""The per-process resources the app opens at start and closes at shutdown."""
+"""The per-process resources the app, a worker or a command opens at start and closes at
+shutdown: the platform's own (database, Redis, cache, limits), and the parts domains add.
+
+A domain adds a per-process object (the assistant's providers and run log, the
+notifications hub...) with `provide(Kind, build)` when its module is imported; `open()`
+builds every part after the platform's own and `close()` closes them, last built first.
+The platform thus knows no domain: the arrows point down only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from steward.assistant.resilience import Providers
-from steward.assistant.streams import RunLog
-from steward.assistant.usage import UsageMeter
-from steward.notifications.hub import Hub
 from steward.platform import db
 from steward.platform.cache import Cache, flush_invalidations
 from steward.platform.proxies import Network, parse_networks
@@ -49,6 +54,16 @@ class RateLimitPolicies:
         )
 
 
+T = TypeVar("T")
+_PARTS: dict[type[Any], Callable[[Resources], Any]] = {}
+
+
+def provide(kind: type[T], build: Callable[[Resources], T]) -> None:
+    """Have every Resources opened from now on hold `build(resources)`, found by `kind`. The
+    part is closed with its `aclose()` (or `close()`) coroutine when the resources close."""
+    _PARTS[kind] = build
+
+
 @dataclass(slots=True)
 class Resources:
     settings: Settings
@@ -60,13 +75,11 @@ class Resources:
     limiter: RateLimiter
     policies: RateLimitPolicies
     trusted_proxies: tuple[Network, ...]
-    hub: Hub
-    providers: Providers
-    run_log: RunLog
-    usage: UsageMeter = field(init=False)
+    parts: dict[type[Any], Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.usage = UsageMeter(self.transaction)
+    def get(self, kind: type[T]) -> T:
+        """The part a domain provided as `kind`."""
+        return cast(T, self.parts[kind])
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -74,7 +87,7 @@ class Resources:
         engine = db.create_engine(settings, url=database_url)
         redis = create_redis(settings, url=redis_url)
         request_redis = create_request_redis(settings, url=redis_url)
-        return cls(
+        resources = cls(
             settings=settings,
             engine=engine,
             sessionmaker=db.create_sessionmaker(engine),
@@ -88,10 +101,10 @@ class Resources:
             limiter=RateLimiter(request_redis, max_lease=settings.rate_limit_max_lease),
             policies=RateLimitPolicies.from_settings(settings),
             trusted_proxies=parse_networks(settings.trusted_proxies),
-            hub=Hub(redis, max_queue=settings.realtime_queue_size),
-            providers=Providers(settings),
-            run_log=RunLog.from_settings(redis, settings),
         )
+        for kind, build in _PARTS.items():
+            resources.parts[kind] = build(resources)
+        return resources
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """One unit of work outside a request's session (tool calls, runs, tasks): commits,
@@ -104,10 +117,10 @@ class Resources:
 
     async def close(self) -> None:
         try:
-            await self.usage.aclose()
-            await self.run_log.aclose()
-            await self.providers.aclose()
-            await self.hub.close()
+            for part in reversed(self.parts.values()):
+                closing = getattr(part, "aclose", None) or getattr(part, "close", None)
+                if closing is not None:
+                    await closing()
             await self.redis.aclose()
             await self.request_redis.aclose()
         finally:
