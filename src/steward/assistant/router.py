@@ -1,5 +1,10 @@
 """The assistant API: conversations, messages (JSON or SSE), runs and their resumable event
-streams, the assistant WebSocket, the prompt admin API, and the `/chat` demo."""
+streams, the assistant WebSocket, the prompt admin API, and the `/chat` demo.
+
+Over 400 lines for now: issue 21 splits the assistant package (the run lifecycle into one module,
+the routers by resource); until then this module stays whole so that the split moves its code
+once.
+"""
 
 from __future__ import annotations
 
