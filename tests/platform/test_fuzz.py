@@ -121,7 +121,7 @@ def test_no_input_causes_a_server_error_or_an_undocumented_response(
     examples = os.environ.get("FUZZ_EXAMPLES", "50")
     seed = os.environ.get("FUZZ_SEED", "20261203")
     # One worker: Hypothesis describes strategies with ast.parse, which CPython 3.11
-    # before 3.11.8 does not make thread-safe (gh-106905); two workers failed CI once
+    # (3.11.7 here) does not make thread-safe (gh-106905); two workers failed CI once
     # with "AST constructor recursion depth mismatch".
     result = subprocess.run(
         [str(Path(sys.executable).parent / "schemathesis"), "run", f"{api}/openapi.json",
