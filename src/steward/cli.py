@@ -403,13 +403,12 @@ async def _create_user(settings: Settings, user_in: object, *, admin: bool) -> s
     from steward.accounts import service
     from steward.accounts.schemas import UserCreate
     from steward.accounts.scopes import Role
-    from steward.platform.db import session_scope
     from steward.platform.resources import Resources
 
     assert isinstance(user_in, UserCreate)
     resources = Resources.open(settings)
     try:
-        async with session_scope(resources.sessionmaker) as session:
+        async with resources.transaction() as session:
             user = await service.create(
                 session, user_in=user_in, role=Role.ADMIN if admin else Role.USER
             )

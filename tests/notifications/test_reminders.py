@@ -13,8 +13,6 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from steward.notifications import service
-from steward.platform.db import session_scope
-from steward.platform.pubsub import flush_pending
 from tests.engines import EngineSet
 from tests.factories import Account, make_account
 
@@ -26,12 +24,7 @@ def _iso(delta: timedelta) -> str:
 
 
 async def _sweep(app: FastAPI, owner: Account) -> int:
-    resources = app.state.resources
-
-    async def publish(session: object) -> None:
-        await flush_pending(session, resources.redis)  # type: ignore[arg-type]
-
-    async with session_scope(resources.sessionmaker, after_commit=publish) as session:
+    async with app.state.resources.transaction() as session:
         return await service.send_due_reminders(session, owner_id=uuid.UUID(owner.id))
 
 

@@ -208,11 +208,10 @@ async def test_a_refused_delivery_is_one_log_line_and_no_retry(
 ) -> None:
     """A webhook stored before the rules tightened (or by hand) points inward: its delivery
     is refused at once, logged as one line, neither retried nor traced back."""
-    from steward.platform.db import session_scope
     from tests.workers import LOG
 
     alice = await make_account(client)
-    async with session_scope(app.state.resources.sessionmaker) as session:
+    async with app.state.resources.transaction() as session:
         session.add(Webhook(user_id=uuid.UUID(alice.id), url="http://127.0.0.1:9/h",
                             secret="whsec_x"))  # fmt: skip
     start = LOG.stat().st_size if LOG.exists() else 0

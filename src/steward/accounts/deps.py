@@ -24,7 +24,6 @@ from steward.accounts.service import Account, TokenPolicy
 from steward.platform import security
 from steward.platform.api import API_V1
 from steward.platform.cache import MISSING
-from steward.platform.db import session_scope
 from steward.platform.deps import Session, resources_of
 from steward.platform.errors import Forbidden, NotFound, Unauthorized
 from steward.platform.inputs import Text
@@ -97,7 +96,7 @@ async def _from_bearer(request: HTTPConnection, policy: TokenPolicy, token: str)
     resources = resources_of(request)
 
     async def load() -> Any:
-        async with session_scope(resources.sessionmaker) as session:
+        async with resources.transaction() as session:
             holder = await service.active_session_user(
                 session, user_id=claims.subject, session_id=claims.session_id
             )
@@ -133,7 +132,7 @@ async def _from_api_key(request: HTTPConnection, policy: TokenPolicy, secret: st
     digest = security.secret_digest(secret, key=policy.digest_key)
 
     async def load_key() -> Any:
-        async with session_scope(resources.sessionmaker) as session:
+        async with resources.transaction() as session:
             found = await service.resolve_api_key(session, digest=digest)
         if found is None:
             return MISSING
@@ -163,7 +162,7 @@ async def _from_api_key(request: HTTPConnection, policy: TokenPolicy, secret: st
     user_id = uuid.UUID(cached["user_id"])
 
     async def load_user() -> Any:
-        async with session_scope(resources.sessionmaker) as session:
+        async with resources.transaction() as session:
             user = await service.get(session, user_id)
             return MISSING if user is None or not user.is_active else Account.of(user).to_json()
 

@@ -24,7 +24,6 @@ from steward.accounts.schemas import (
 )
 from steward.accounts.scopes import Role, scopes_for
 from steward.platform import security
-from steward.platform.cache import invalidate_after_commit
 from steward.platform.errors import (
     Conflict,
     Forbidden,
@@ -33,6 +32,7 @@ from steward.platform.errors import (
     UnprocessableContent,
 )
 from steward.platform.pagination import newest_first
+from steward.platform.transactions import after_commit
 
 log = structlog.get_logger(__name__)
 
@@ -170,7 +170,7 @@ async def update_me(
         log.info("user.password_changed", user_id=str(user.id), sessions_revoked=revoked)
     user.updated_at = _now()
     await session.flush()
-    invalidate_after_commit(session, user_namespace(user.id))
+    after_commit(session).invalidate(user_namespace(user.id))
     return user
 
 
@@ -195,7 +195,7 @@ async def admin_update(
             await revoke_sessions(session, user_id=user.id, keep=None, reason="disabled")
     user.updated_at = _now()
     await session.flush()
-    invalidate_after_commit(session, user_namespace(user.id))
+    after_commit(session).invalidate(user_namespace(user.id))
     log.info("user.admin_updated", user_id=str(user.id), role=user.role, active=user.is_active)
     return user
 
@@ -299,7 +299,7 @@ async def revoke_session(session: AsyncSession, login_session: Session, *, reaso
         login_session.revoked_at = _now()
         login_session.revoked_reason = reason
         await session.flush()
-        invalidate_after_commit(session, user_namespace(login_session.user_id))
+        after_commit(session).invalidate(user_namespace(login_session.user_id))
 
 
 async def revoke_sessions(
@@ -313,7 +313,7 @@ async def revoke_sessions(
     if keep is not None:
         query = query.where(Session.id != keep)
     result = await session.execute(query)
-    invalidate_after_commit(session, user_namespace(user_id))
+    after_commit(session).invalidate(user_namespace(user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -394,7 +394,7 @@ async def revoke_api_key(session: AsyncSession, *, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = _now()
         await session.flush()
-        invalidate_after_commit(session, api_key_namespace(key.key_hash))
+        after_commit(session).invalidate(api_key_namespace(key.key_hash))
         log.info("api_key.revoked", api_key_id=str(key.id))
 
 

@@ -13,8 +13,9 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant.models import PromptTemplate
-from steward.platform.cache import Cache, invalidate_after_commit
+from steward.platform.cache import Cache
 from steward.platform.errors import Conflict, NotFound, UnprocessableContent
+from steward.platform.transactions import after_commit
 
 KNOWN_VARIABLES = {
     "user_name": "the user's display name (or email)",
@@ -148,7 +149,7 @@ async def _activate(session: AsyncSession, *, name: str, version: int) -> Prompt
     await session.flush()
     row.active = True
     await session.flush()
-    invalidate_after_commit(session, _namespace(name))
+    after_commit(session).invalidate(_namespace(name))
     return row
 
 

@@ -42,9 +42,9 @@ from steward.assistant.providers import (
 from steward.assistant.resilience import Providers
 from steward.assistant.streams import EntryIds, RunEvent, RunLog
 from steward.assistant.usage import UsageMeter
-from steward.platform.db import on_commit
 from steward.platform.errors import PROBLEM_BASE, Conflict
 from steward.platform.resources import Resources
+from steward.platform.transactions import after_commit
 
 log = structlog.get_logger(__name__)
 
@@ -415,7 +415,7 @@ async def cancel(
     async def announce() -> None:
         await stream.append(run.id, done)
 
-    on_commit(session, announce)
+    after_commit(session).call(announce)
 
 
 def run_log(resources: Resources) -> RunLog:

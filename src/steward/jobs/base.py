@@ -17,7 +17,6 @@ from sqlalchemy.exc import OperationalError
 
 from steward.jobs import runtime
 from steward.jobs.models import DeadLetter
-from steward.platform.db import session_scope
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -85,7 +84,7 @@ class StewardTask(_TaskBase):
                   error=type(exc).__name__)  # fmt: skip
 
         async def record(resources: Resources) -> None:
-            async with session_scope(resources.sessionmaker) as session:
+            async with resources.transaction() as session:
                 session.add(
                     DeadLetter(
                         task_id=task_id,

@@ -14,9 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.jobs.models import DeadLetter, Job
-from steward.platform.db import on_commit
 from steward.platform.errors import NotFound
 from steward.platform.pagination import newest_first
+from steward.platform.transactions import after_commit
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,7 @@ async def enqueue(
             lambda: celery.send_task(task, args=args or [], kwargs=kwargs or {}, task_id=job_id)
         )
 
-    on_commit(session, send)
+    after_commit(session).enqueue(send)
     return job_id
 
 
@@ -96,7 +96,7 @@ async def replay(session: AsyncSession, celery: Celery, *, letter: DeadLetter) -
             lambda: celery.send_task(name, args=args, kwargs=kwargs, task_id=task_id)
         )
 
-    on_commit(session, send)
+    after_commit(session).enqueue(send)
     log.info("dead_letter.replayed", dead_letter_id=str(letter.id), task=name)
     return letter
 

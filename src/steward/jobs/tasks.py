@@ -12,7 +12,6 @@ from celery import group
 from steward.jobs import runtime
 from steward.jobs.base import StewardTask
 from steward.jobs.worker import app
-from steward.platform.db import session_scope
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -30,7 +29,7 @@ def sweep_reminders() -> int:
     from steward.todos import service as todos
 
     async def owners(resources: Resources) -> list[uuid.UUID]:
-        async with session_scope(resources.sessionmaker) as session:
+        async with resources.transaction() as session:
             return await todos.owners_with_due_reminders(session, now=datetime.now(UTC))
 
     due = runtime.run(owners)
@@ -58,7 +57,7 @@ def cleanup() -> int:
     from steward.todos import service as todos
 
     async def purge(resources: Resources) -> int:
-        async with session_scope(resources.sessionmaker) as session:
+        async with resources.transaction() as session:
             return await todos.purge_idempotency_keys(session)
 
     removed = runtime.run(purge)

@@ -16,7 +16,8 @@ from steward.notifications.models import Notification
 from steward.notifications.schemas import NotificationRead
 from steward.platform.errors import NotFound
 from steward.platform.pagination import newest_first
-from steward.platform.pubsub import publish_after_commit, user_channel
+from steward.platform.pubsub import user_channel
+from steward.platform.transactions import after_commit
 from steward.todos import service as todos
 
 log = structlog.get_logger(__name__)
@@ -50,8 +51,7 @@ async def send_due_reminders(session: AsyncSession, *, owner_id: uuid.UUID) -> i
         notification = await session.get(Notification, notification_id)
         assert notification is not None
         body = NotificationRead.model_validate(notification).model_dump(mode="json")
-        publish_after_commit(
-            session,
+        after_commit(session).publish(
             user_channel(due.owner_id),
             {"type": "notification.created", "notification": body},
         )

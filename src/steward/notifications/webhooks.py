@@ -27,8 +27,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.notifications.models import Webhook
-from steward.platform.db import on_commit
 from steward.platform.errors import NotFound, UnprocessableContent
+from steward.platform.transactions import after_commit
 from steward.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -126,7 +126,7 @@ async def deliver_after_commit(
             lambda: app.send_task(DELIVER_TASK, kwargs={"user_id": str(user_id), "event": event})
         )
 
-    on_commit(session, send)
+    after_commit(session).enqueue(send)
 
 
 class DeliveryFailed(Exception):

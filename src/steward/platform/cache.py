@@ -26,7 +26,6 @@ import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.platform.flights import FAILED, SingleFlight
 
@@ -47,8 +46,6 @@ RECOMPUTE_SECONDS = Histogram(
 
 MISSING: Final = object()
 """Returned (and cached, briefly) when the computed value does not exist."""
-
-_PENDING_KEY = "steward.cache_invalidations"
 
 # One round trip: the namespace's version, then the entry stored under that version.
 _READ_SCRIPT = """
@@ -400,15 +397,3 @@ class Cache:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(retry_s)
-
-
-def invalidate_after_commit(session: AsyncSession, *namespaces: str) -> None:
-    """Invalidate once the transaction commits: earlier, a concurrent reader could cache
-    the pre-commit state under the new version."""
-    session.info.setdefault(_PENDING_KEY, set()).update(namespaces)
-
-
-async def flush_invalidations(session: AsyncSession, cache: Cache) -> None:
-    pending: set[str] = session.info.pop(_PENDING_KEY, set())
-    if pending:
-        await cache.invalidate(*sorted(pending))

@@ -1,10 +1,9 @@
-"""PostgreSQL access: the async engine, its pool, the declarative base and session lifecycle."""
+"""PostgreSQL access: the async engine, its pool and the declarative base (transactions are
+opened with `Resources.transaction()`, platform/transactions.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
@@ -18,7 +17,6 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from steward.platform.errors import StewardError
 from steward.settings import Settings
 
 # Constraint names are part of the schema: stable names make migrations reviewable.
@@ -77,66 +75,8 @@ def create_engine(settings: Settings, *, url: str | None = None, **overrides: An
     return create_async_engine(async_url(database_url), **options)
 
 
-Sessions = async_sessionmaker[AsyncSession]
-"""What opens sessions: handed to code that needs the database only sometimes (cache misses)."""
-
-
-def create_sessionmaker(engine: AsyncEngine) -> Sessions:
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-AfterCommit = Callable[[AsyncSession], Awaitable[None]]
-_ON_COMMIT_KEY = "steward.on_commit"
-
-
-def on_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]]) -> None:
-    """Run `callback` once the session's transaction has committed (never on rollback):
-    the way to send a job about data that must be visible to it."""
-    session.info.setdefault(_ON_COMMIT_KEY, []).append(callback)
-
-
-async def _run_on_commit(session: AsyncSession) -> None:
-    for callback in session.info.pop(_ON_COMMIT_KEY, []):
-        await callback()
-
-
-@asynccontextmanager
-async def session_scope(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    *,
-    after_commit: AfterCommit | None = None,
-) -> AsyncIterator[AsyncSession]:
-    """One transaction: commit when the block succeeds, roll back when it raises.
-
-    Services only `flush()`; this is the one place a unit of work is committed. Work that
-    must happen only once the data is durable (events, job enqueues) is queued on the
-    session and run by `after_commit`; a rollback drops it.
-    """
-    async with sessionmaker() as session:
-        try:
-            yield session
-        except StewardError as exc:
-            if exc.keeps_changes:
-                await session.commit()
-                if after_commit is not None:
-                    await after_commit(session)
-                await _run_on_commit(session)
-            else:
-                session.info.pop(_ON_COMMIT_KEY, None)
-                await session.rollback()
-            raise
-        except BaseException:
-            session.info.pop(_ON_COMMIT_KEY, None)
-            await session.rollback()
-            raise
-        else:
-            # A request that never touched the database (everything came from the cache)
-            # has nothing to commit; skipping it saves SQLAlchemy's commit machinery.
-            if session.in_transaction():
-                await session.commit()
-            if after_commit is not None:
-                await after_commit(session)
-            await _run_on_commit(session)
 
 
 async def ping(engine: AsyncEngine) -> None:

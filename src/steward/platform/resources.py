@@ -14,15 +14,17 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from steward.platform import db
-from steward.platform.cache import Cache, flush_invalidations
+from steward.platform.cache import Cache
 from steward.platform.proxies import Network, parse_networks
-from steward.platform.pubsub import flush_pending
+from steward.platform.pubsub import publish_all
 from steward.platform.ratelimit import Policy, RateLimiter
 from steward.platform.redis import create_redis, create_request_redis
+from steward.platform.transactions import AfterCommit, open_transaction
 from steward.settings import Settings
 
 
@@ -53,6 +55,8 @@ class RateLimitPolicies:
             assistant=Policy.parse("assistant", settings.rate_limit_assistant, fail_open=fail_open),
         )
 
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 _PARTS: dict[type[Any], Callable[[Resources], Any]] = {}
@@ -107,13 +111,20 @@ class Resources:
         return resources
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
-        """One unit of work outside a request's session (tool calls, runs, tasks): commits,
-        then publishes the change events and cache invalidations it queued."""
-        return db.session_scope(self.sessionmaker, after_commit=self._publish)
+        """One unit of work, the only way to open one (a request's `Session` is one too):
+        commits, then carries out its `after_commit` queue (platform/transactions.py)."""
+        return open_transaction(self.sessionmaker, self._after_commit)
 
-    async def _publish(self, session: AsyncSession) -> None:
-        await flush_invalidations(session, self.cache)
-        await flush_pending(session, self.request_redis)
+    async def _after_commit(self, queue: AfterCommit) -> None:
+        await self.cache.invalidate(*sorted(queue.namespaces))
+        await publish_all(self.request_redis, queue.events)
+        for send in queue.jobs:
+            try:
+                await send()
+            except Exception as exc:  # noqa: BLE001 - recorded in the outbox; swept later
+                log.warning("jobs.send_failed", error=type(exc).__name__)
+        for callback in queue.callbacks:
+            await callback()
 
     async def close(self) -> None:
         try:

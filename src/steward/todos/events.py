@@ -7,8 +7,8 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from steward.platform.cache import invalidate_after_commit
-from steward.platform.pubsub import publish_after_commit, user_channel
+from steward.platform.pubsub import user_channel
+from steward.platform.transactions import after_commit
 from steward.todos.models import Todo
 from steward.todos.schemas import TodoRead
 
@@ -23,9 +23,9 @@ def cache_namespace(owner_id: uuid.UUID) -> str:
 def todo_changed(session: AsyncSession, kind: ChangeKind, todo: Todo) -> None:
     """Announce `{type, todo}` on the owner's channel and drop the owner's cached reads,
     both once the transaction commits."""
-    invalidate_after_commit(session, cache_namespace(todo.owner_id))
-    publish_after_commit(
-        session,
+    queue = after_commit(session)
+    queue.invalidate(cache_namespace(todo.owner_id))
+    queue.publish(
         user_channel(todo.owner_id),
         {"type": kind, "todo": TodoRead.model_validate(todo).model_dump(mode="json")},
     )

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Request, Response, status
 
 from steward.accounts.deps import RateLimited
 from steward.platform.api import API_V1, QueryModel
-from steward.platform.db import session_scope
 from steward.platform.deps import Session, resources_of
 from steward.platform.pagination import Page
 from steward.todos import service
@@ -92,7 +91,7 @@ async def list_todos(
     resources = resources_of(request)
     if cursor is None and filters == service.TodoFilter() and sort is TodoSort.CREATED_DESC:
         page = await service.first_page_cached(
-            resources.sessionmaker,
+            resources.transaction,
             resources.cache,
             owner_id=owner_of(principal),
             limit=limit,
@@ -101,7 +100,7 @@ async def list_todos(
         # Built from validated rows when it was cached: sent as is, without a second
         # validation and serialisation of every item on each hit.
         return Response(orjson.dumps(page), media_type="application/json")
-    async with session_scope(resources.sessionmaker) as session:
+    async with resources.transaction() as session:
         todos, next_cursor = await service.list_todos(
             session,
             owner_id=owner_of(principal),

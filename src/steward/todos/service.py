@@ -17,7 +17,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.platform.cache import MISSING, Cache
-from steward.platform.db import Sessions, session_scope
 from steward.platform.errors import NotFound, PreconditionFailed, UnprocessableContent
 from steward.platform.pagination import (
     cursor_instant,
@@ -26,6 +25,7 @@ from steward.platform.pagination import (
     encode_cursor,
     invalid_cursor,
 )
+from steward.platform.transactions import Transaction
 from steward.todos.events import cache_namespace, todo_changed
 from steward.todos.models import UNDATED, UNDATED_SQL, IdempotencyKey, Todo
 from steward.todos.schemas import TodoCreate, TodoRead, TodoSort, TodoUpdate
@@ -316,14 +316,14 @@ async def purge_idempotency_keys(session: AsyncSession) -> int:
 
 
 async def read_cached(
-    sessions: Sessions, cache: Cache, *, owner_id: uuid.UUID, todo_id: uuid.UUID, ttl_s: float
+    transaction: Transaction, cache: Cache, *, owner_id: uuid.UUID, todo_id: uuid.UUID, ttl_s: float
 ) -> dict[str, Any]:
     """One todo as its JSON body, from the owner's cache; absent ids are cached briefly
     too, so probing random ids does not reach the database every time. The cached reads
-    take a sessionmaker: a hit opens no session at all."""
+    take what opens a transaction: a hit opens none."""
 
     async def load() -> Any:
-        async with session_scope(sessions) as session:
+        async with transaction() as session:
             todo = (
                 await session.execute(
                     select(Todo).where(Todo.id == todo_id, Todo.owner_id == owner_id)
@@ -343,12 +343,12 @@ async def read_cached(
 
 
 async def first_page_cached(
-    sessions: Sessions, cache: Cache, *, owner_id: uuid.UUID, limit: int, ttl_s: float
+    transaction: Transaction, cache: Cache, *, owner_id: uuid.UUID, limit: int, ttl_s: float
 ) -> dict[str, Any]:
     """The unfiltered newest-first first page, the list a client opens with."""
 
     async def load() -> Any:
-        async with session_scope(sessions) as session:
+        async with transaction() as session:
             todos, next_cursor = await list_todos(
                 session, owner_id=owner_id, filters=TodoFilter(), limit=limit
             )
