@@ -27,8 +27,68 @@ SYSTEM_REDIS = "redis://127.0.0.1:6379"
 @dataclass(frozen=True)
 class EngineSet:
     database_url: str
-    redis_url: str
+    redis_url: str  # the suite's Redis database, flushed between tests
     kind: str
+
+    def redis_spare(self, n: int) -> str:
+        """The session's n-th spare Redis database (1: the Celery broker, 2: a broker of a
+        test's own), claimed with `redis_url` so that concurrent sessions do not share it."""
+        base, _, db = self.redis_url.rpartition("/")
+        return f"{base}/{int(db) + n}"
+
+
+# Sessions claim three consecutive Redis databases each (1-3, 4-6, ... 13-15; 0 is left to
+# whatever else uses the server), so suites and xdist workers can run at the same time.
+_REDIS_GROUPS = range(1, 16, 3)
+_CLAIM_TTL_S = 6 * 3600
+
+
+def _owner_alive(owner: bytes | None) -> bool:
+    if owner is None:
+        return False
+    host, _, pid = owner.decode().partition(":")
+    if host != socket.gethostname():
+        return True  # another machine's session: its claim expires on its own
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _server(redis_url: str) -> str:
+    """A Redis URL without its database number."""
+    base, _, db = redis_url.rstrip("/").rpartition("/")
+    return base if db.isdigit() and base.count("/") >= 2 else redis_url.rstrip("/")
+
+
+@contextmanager
+def _claim_redis(server: str) -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(f"{server}/0")
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        for first in _REDIS_GROUPS:
+            key = f"steward-test:claim:{first}"
+            if not client.set(key, me, nx=True, ex=_CLAIM_TTL_S):
+                owner = client.get(key)
+                if _owner_alive(owner):
+                    continue
+                if client.getset(key, me) != owner:  # someone else took it over first
+                    continue
+                client.expire(key, _CLAIM_TTL_S)
+            try:
+                yield f"{server}/{first}"
+            finally:
+                if client.get(key) == me.encode():
+                    client.delete(key)
+            return
+        raise RuntimeError(f"every Redis database group of {server} is claimed by a live session")
+    finally:
+        client.close()
 
 
 def reachable(host: str, port: int) -> bool:
@@ -98,8 +158,7 @@ def provide_engines() -> Iterator[EngineSet]:
         if admin_url is None and reachable("127.0.0.1", 5432):
             admin_url, kind = SYSTEM_POSTGRES, "system"
         if redis_url is None and reachable("127.0.0.1", 6379):
-            # db 9: the suite flushes it, so keep it away from the default db 0.
-            redis_url = SYSTEM_REDIS + "/9"
+            redis_url = SYSTEM_REDIS
     if admin_url is None or redis_url is None:
         embedded = EmbeddedEngines(ROOT / ".steward-test" / f"engines-{os.getpid()}")
         urls = embedded.start()
@@ -109,7 +168,8 @@ def provide_engines() -> Iterator[EngineSet]:
     name = f"steward_test_{uuid.uuid4().hex[:10]}"
     anyio.run(_create_database, admin_url, name)
     try:
-        yield EngineSet(_with_database(admin_url, name), redis_url, kind)
+        with _claim_redis(_server(redis_url)) as claimed:
+            yield EngineSet(_with_database(admin_url, name), claimed, kind)
     finally:
         anyio.run(_drop_database, admin_url, name)
         if embedded is not None:

@@ -26,7 +26,7 @@ LOG.parent.mkdir(exist_ok=True)
 def redis_broker(engines: EngineSet) -> str:
     """The broker on its own Redis database: the suite flushes the results database
     between tests, which must not wipe queued messages and kombu's bindings."""
-    return engines.redis_url.rsplit("/", 1)[0] + "/10"
+    return engines.redis_spare(1)
 
 
 def start_worker(

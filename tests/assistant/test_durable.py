@@ -286,7 +286,7 @@ async def test_cancelling_a_queued_background_run_closes_it(
     from tests.conftest import make_settings
 
     # A broker no worker listens on: the run stays queued until cancelled.
-    idle_broker = engines.redis_url.rsplit("/", 1)[0] + "/11"
+    idle_broker = engines.redis_spare(2)
     nobody = create_celery(make_settings(engines, celery_broker_url=idle_broker))
     async with (
         live_server(assistant_settings(engines, fake.url)) as base,

@@ -216,7 +216,7 @@ async def test_a_refused_delivery_is_one_log_line_and_no_retry(
                             secret="whsec_x"))  # fmt: skip
     start = LOG.stat().st_size if LOG.exists() else 0
     # A broker of its own: the module's permissive worker must not take this delivery.
-    own_broker = engines.redis_url.rsplit("/", 1)[0] + "/11"
+    own_broker = engines.redis_spare(2)
     with running_worker(engines, broker=own_broker) as (celery, _):
         event = {"id": "e-refused", "type": "notification.created", "data": {}}
         result = celery.send_task(
