@@ -15,9 +15,9 @@ from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
 from steward.accounts import router as accounts_router
+from steward.assistant import api as assistant_api
 from steward.assistant import gateway, tokens
-from steward.assistant import router as assistant_router
-from steward.assistant.runner import ActiveRuns
+from steward.assistant.runs import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
 from steward.notifications import router as realtime_router
@@ -141,10 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         realtime_router.router,
         realtime_router.notifications,
         jobs_router.router,
-        assistant_router.router,
-        assistant_router.sockets,
-        assistant_router.admin,
-        assistant_router.demo,
+        *assistant_api.routers,
         gateway.router,
     ):
         app.include_router(router)

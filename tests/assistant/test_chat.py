@@ -321,20 +321,20 @@ async def test_a_run_whose_request_fails_to_commit_stops_and_leaves_nothing(
     import asyncio
     import uuid
 
-    from steward.assistant import service
+    from steward.assistant import repository
     from steward.assistant.models import Message, Run, UsageDay
 
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
-    start_run = service.start_run
+    store_run = repository.store_run
 
-    async def start_run_then_break_the_commit(session: Any, **kwargs: Any) -> Any:
-        planned = await start_run(session, **kwargs)
+    async def store_run_then_break_the_commit(session: Any, **kwargs: Any) -> Any:
+        stored = await store_run(session, **kwargs)
         # A row that cannot be inserted: the commit that stores the run fails with it.
         session.add(Message(conversation_id=uuid.uuid4(), role="user", content="orphan"))
-        return planned
+        return stored
 
-    monkeypatch.setattr(service, "start_run", start_run_then_break_the_commit)
+    monkeypatch.setattr(repository, "store_run", store_run_then_break_the_commit)
     fake.script(Script(text="a long reply " * 50, delay_s=0.02))  # 150 tokens
     response = await ask(client, alice, conversation, "hello")
     assert response.status_code == 500

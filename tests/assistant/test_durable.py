@@ -21,7 +21,7 @@ from celery import Celery
 from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
 
-from steward.assistant import service
+from steward.assistant import repository
 from steward.assistant.models import Run
 from steward.jobs.deps import celery_app
 from steward.platform.resources import Resources
@@ -266,7 +266,7 @@ async def test_orphaned_runs_are_reaped(engines: EngineSet, fake: ServedFake) ->
             fresh = Run(**common, status="queued")
             session.add_all([old, fresh])
         async with resources.transaction() as session:
-            reaped = await service.reap_runs(
+            reaped = await repository.reap_runs(
                 session, older_than=datetime.now(UTC) - timedelta(minutes=30)
             )
         assert reaped == 1

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
 from steward.accounts.deps import Principal, limit, requires
 from steward.assistant import service
 from steward.assistant.models import Conversation
-from steward.assistant.runner import ActiveRuns
+from steward.assistant.runs import ActiveRuns, Sender
+from steward.assistant.streams import RunFollowers
 from steward.platform.deps import Session, resources_of
 
 AssistantUser = Annotated[Principal, Depends(requires("assistant"))]
@@ -20,6 +21,17 @@ ConversationId = Annotated[uuid.UUID, Path(description="the conversation's id")]
 def user_id_of(principal: Principal) -> uuid.UUID:
     assert principal.user_id is not None  # `requires` guarantees a user behind the call
     return principal.user_id
+
+
+def sender_of(principal: Principal) -> Sender:
+    """What a run started by `principal` acts as."""
+    assert principal.user is not None  # `requires` guarantees a user behind the call
+    return Sender(
+        user_id=principal.user.id,
+        api_key_id=principal.api_key_id,
+        scopes=principal.scopes,
+        name=principal.user.display_name or principal.user.email,
+    )
 
 
 async def owned_conversation(
@@ -32,20 +44,6 @@ async def owned_conversation(
 
 
 OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
-
-
-async def owned_conversation_with_history(
-    conversation_id: ConversationId, principal: AssistantUser, session: Session
-) -> tuple[Conversation, list[dict[str, Any]]]:
-    """The same, with its recent history, in one round trip (for a new message's run)."""
-    return await service.conversation_with_history(
-        session, owner_id=user_id_of(principal), conversation_id=conversation_id
-    )
-
-
-OwnedConversationWithHistory = Annotated[
-    tuple[Conversation, list[dict[str, Any]]], Depends(owned_conversation_with_history)
-]
 
 
 async def limit_assistant(request: Request, principal: AssistantUser) -> None:
@@ -62,3 +60,11 @@ async def active_runs(request: Request) -> ActiveRuns:
 
 
 Runs = Annotated[ActiveRuns, Depends(active_runs)]
+
+
+async def run_followers(request: Request) -> RunFollowers:
+    followers: RunFollowers = request.app.state.run_followers
+    return followers
+
+
+Followers = Annotated[RunFollowers, Depends(run_followers)]

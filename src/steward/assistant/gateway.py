@@ -16,13 +16,13 @@ import orjson
 import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steward.accounts.deps import Principal, limit, resolve_principal
 from steward.assistant import service, tokens
+from steward.assistant.plan import input_budget
 from steward.assistant.providers import (
     ChatRequest,
     Finish,
@@ -35,7 +35,7 @@ from steward.assistant.providers import (
 )
 from steward.assistant.resilience import Providers
 from steward.assistant.usage import UsageMeter
-from steward.platform.deps import Session, resources_of
+from steward.platform.deps import resources_of
 from steward.platform.errors import (
     Forbidden,
     NotFound,
@@ -46,6 +46,7 @@ from steward.platform.errors import (
 from steward.platform.inputs import Int32, Int64
 from steward.platform.openapi import ERROR_SHAPE
 from steward.platform.resources import Resources
+from steward.platform.streaming import sse_response
 
 log = structlog.get_logger(__name__)
 
@@ -202,7 +203,7 @@ async def list_models(request: Request, _: GatewayCaller) -> dict[str, Any]:
 @router.post("/chat/completions", summary="Chat Completions, streamed or not (a Steward API key)",
              response_model=None, responses=_CHAT_ERRORS)  # fmt: skip
 async def chat_completions(
-    request: Request, body: CompletionRequest, principal: GatewayCaller, session: Session
+    request: Request, body: CompletionRequest, principal: GatewayCaller
 ) -> Response:
     resources = resources_of(request)
     settings = resources.settings
@@ -213,17 +214,19 @@ async def chat_completions(
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     tools = body.tools or []
     needed = tokens.count_messages(messages, body.model) + tokens.count_tools(tools, body.model)
-    budget = service.input_budget(provider)
+    budget = input_budget(provider)
     if needed > budget:
         return openai_error(400, f"this request needs about {needed} tokens; {body.model} "
                             f"accepts {budget} of input", code="context_length_exceeded",
                             param="messages")  # fmt: skip
-    await service.check_quota(
-        session, user_id=principal.user_id, api_key_id=principal.api_key_id,
-        per_user=settings.assistant_daily_tokens_per_user,
-        per_key=settings.assistant_daily_tokens_per_key,
-    )  # fmt: skip
-    await session.close()  # the call may take minutes; usage is recorded in its own transaction
+    # In a transaction of its own, closed before the call, which may take minutes (usage is
+    # recorded in another when it ends).
+    async with resources.transaction() as session:
+        await service.check_quota(
+            session, user_id=principal.user_id, api_key_id=principal.api_key_id,
+            per_user=settings.assistant_daily_tokens_per_user,
+            per_key=settings.assistant_daily_tokens_per_key,
+        )  # fmt: skip
     options = body.model_dump(
         include={"tool_choice", "temperature", "top_p", "stop", "seed"}, exclude_none=True
     )
@@ -240,11 +243,10 @@ async def chat_completions(
     completion = _Completion(resources, principal, body.model, needed)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
+        return sse_response(
             completion.stream(opened.chunks(), include_usage=include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+            transport="gateway-sse", lifetime_s=settings.realtime_max_lifetime_s,
+        )  # fmt: skip
     try:
         return Response(orjson.dumps(await completion.whole(opened.chunks())),
                         media_type="application/json")  # fmt: skip

@@ -7,7 +7,8 @@ from typing import Any
 
 import structlog
 
-from steward.assistant import runner, service
+from steward.assistant import repository, runs
+from steward.assistant.plan import Plan
 from steward.jobs import runtime
 from steward.jobs.base import StewardTask
 from steward.jobs.worker import app
@@ -19,16 +20,16 @@ log = structlog.get_logger(__name__)
 REAP_AFTER = timedelta(minutes=30)
 
 
-@app.task(name="steward.assistant.run", base=StewardTask, max_retries=0)
+@app.task(name=runs.RUN_TASK, base=StewardTask, max_retries=0)
 def run_in_background(plan: dict[str, Any]) -> str | None:
     """Execute a run started with `"background": true`; its events go to the run's stream.
     A redelivery after the worker died retries it if nothing was streamed yet, else closes
-    it as failed (see `service.claim_run`)."""
-    parsed = service.Plan.from_json(plan)
+    it as failed (see `repository.claim_run`)."""
+    parsed = Plan.from_json(plan)
     log.info("assistant.background_run", run_id=str(parsed.run_id))
 
     async def work(resources: Resources) -> str | None:
-        status = await runner.drive(resources, parsed)
+        status = await runs.execute_queued(resources, parsed)
         return status.value if status is not None else None
 
     return runtime.run(work)
@@ -40,7 +41,7 @@ def reap_runs() -> int:
 
     async def reap(resources: Resources) -> int:
         async with resources.transaction() as session:
-            return await service.reap_runs(session, older_than=datetime.now(UTC) - REAP_AFTER)
+            return await repository.reap_runs(session, older_than=datetime.now(UTC) - REAP_AFTER)
 
     reaped = runtime.run(reap)
     if reaped:

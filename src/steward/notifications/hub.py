@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -26,12 +26,6 @@ from steward.platform.resources import provide
 
 log = structlog.get_logger(__name__)
 
-CONNECTIONS = Gauge(
-    "steward_realtime_connections",
-    "Open realtime connections on this process, by transport.",
-    ["transport"],
-    multiprocess_mode="livesum",
-)
 DELIVERED = Counter("steward_realtime_events_total", "Events queued to realtime clients.")
 DROPPED = Counter(
     "steward_realtime_slow_consumers_total", "Clients cut off because their queue was full."

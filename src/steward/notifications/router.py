@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
 from steward.accounts.deps import CurrentUser, ProfileWriter, RateLimited
 from steward.accounts.sockets import accept_socket
 from steward.notifications import service, webhooks
-from steward.notifications.hub import CONNECTIONS, Hub
+from steward.notifications.hub import Hub
 from steward.notifications.schemas import (
     NotificationRead,
     ReadAll,
@@ -28,7 +27,8 @@ from steward.notifications.schemas import (
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, Settings, resources_of
 from steward.platform.pagination import Cursor, Limit, Page
-from steward.platform.sockets import CLOSE_LIFETIME, CLOSE_SLOW_CONSUMER
+from steward.platform.sockets import CLOSE_SLOW_CONSUMER
+from steward.platform.streaming import open_socket, sse_event, sse_response
 from steward.todos.deps import TodosReader
 
 log = structlog.get_logger(__name__)
@@ -112,39 +112,32 @@ async def realtime_socket(websocket: WebSocket) -> None:
     principal = await accept_socket(websocket, "todos:read")
     if principal is None:
         return
-
     resources = resources_of(websocket)
     settings = resources.settings
     subscription = await resources.get(Hub).subscribe(str(principal.user_id))
-    CONNECTIONS.labels("websocket").inc()
-    deadline = time.monotonic() + settings.realtime_max_lifetime_s
     # The client may talk (pings); reading is also how a disconnect is noticed.
     listener = asyncio.create_task(_drain(websocket))
     try:
-        await websocket.send_json({"type": "ready", "user_id": str(principal.user_id)})
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                await websocket.close(code=CLOSE_LIFETIME, reason="maximum lifetime; reconnect")
-                return
-            waiting = asyncio.create_task(
-                subscription.next(min(settings.realtime_heartbeat_s, remaining))
-            )
-            await asyncio.wait({waiting, listener}, return_when=asyncio.FIRST_COMPLETED)
-            if listener.done():  # the client went away
-                waiting.cancel()
-                return
-            event = waiting.result()
-            if subscription.dropped:
-                await websocket.close(code=CLOSE_SLOW_CONSUMER, reason="too slow; reconnect")
-                return
-            await websocket.send_json(event if event is not None else {"type": "ping"})
-    except (WebSocketDisconnect, RuntimeError):
-        pass
+        async with open_socket(websocket, transport="websocket",
+                               lifetime_s=settings.realtime_max_lifetime_s) as socket:  # fmt: skip
+            await socket.send({"type": "ready", "user_id": str(principal.user_id)})
+            while (remaining := socket.remaining()) > 0:
+                waiting = asyncio.create_task(
+                    subscription.next(min(settings.realtime_heartbeat_s, remaining))
+                )
+                await asyncio.wait({waiting, listener}, return_when=asyncio.FIRST_COMPLETED)
+                if listener.done():  # the client went away
+                    waiting.cancel()
+                    return
+                event = waiting.result()
+                if subscription.dropped:
+                    await socket.close(CLOSE_SLOW_CONSUMER, "too slow; reconnect")
+                    return
+                await socket.send(event if event is not None else {"type": "ping"})
+            await socket.close_at_lifetime()
     finally:
         listener.cancel()
         await subscription.close()
-        CONNECTIONS.labels("websocket").dec()
 
 
 async def _drain(websocket: WebSocket) -> None:
@@ -159,39 +152,33 @@ async def _drain(websocket: WebSocket) -> None:
 
 @router.get(
     "/events",
-    response_class=EventSourceResponse,
     summary="Todo changes and notifications as server-sent events (scope todos:read)",
     dependencies=[RateLimited],
-    responses={401: {"description": "missing or invalid credentials"}},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the user's events"}},
 )
-async def realtime_events(
-    request: Request, principal: TodosReader
-) -> AsyncIterator[ServerSentEvent]:
+async def realtime_events(request: Request, principal: TodosReader) -> Response:
     # Authentication and the scope check are dependencies: they answer 401/403 before the
     # first event (inside the generator, an error would arrive as an empty 200 stream).
-    async for event in _stream(request, str(principal.user_id)):
-        yield event
+    settings = resources_of(request).settings
+    return sse_response(
+        _events(request, str(principal.user_id)), transport="sse",
+        lifetime_s=settings.realtime_max_lifetime_s, ping_s=settings.realtime_heartbeat_s,
+    )  # fmt: skip
 
 
-async def _stream(request: Request, user_id: str) -> AsyncIterator[ServerSentEvent]:
+async def _events(request: Request, user_id: str) -> AsyncIterator[bytes]:
     resources = resources_of(request)
     settings = resources.settings
     subscription = await resources.get(Hub).subscribe(user_id)
-    CONNECTIONS.labels("sse").inc()
     deadline = time.monotonic() + settings.realtime_max_lifetime_s
     try:
-        yield ServerSentEvent(event="ready", data={"user_id": user_id})
+        yield sse_event("ready", {"user_id": user_id})
         while (remaining := deadline - time.monotonic()) > 0:
-            if await request.is_disconnected():
-                return
             event = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
             if subscription.dropped:
-                yield ServerSentEvent(event="error", data={"detail": "too slow; reconnect"})
+                yield sse_event("error", {"detail": "too slow; reconnect"})
                 return
-            if event is None:
-                yield ServerSentEvent(comment="keep-alive")
-                continue
-            yield ServerSentEvent(event=str(event.get("type", "message")), data=event)
+            if event is not None:
+                yield sse_event(str(event.get("type", "message")), event)
     finally:
         await subscription.close()
-        CONNECTIONS.labels("sse").dec()

@@ -1,20 +1,12 @@
-"""Executing a run: the model/tool loop, its events, and how it ends (always in a final state).
+"""A run's work: the model/tool loop, its events, and how it ends (always in a final state).
 
-`execute` is the loop as an async generator of events. `start` runs it in its own task that
-writes every event to the run's stream and hands it to the live reader; the task, not the
-reader, owns the run, so a reader that goes away cancels it explicitly and the run still
-records "cancelled". Cancels asked for from another process arrive through a flag in Redis.
-
-Over 400 lines for now: issue 21 splits the assistant package (the run lifecycle into one module,
-the routers by resource); until then this module stays whole so that the split moves its code
-once.
+`Execution.events()` is the loop as an async generator of events; `runs.py` drives it (in its
+own task, with a watcher for cancels and stalls) and owns the rest of the run's life.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,11 +15,11 @@ from http import HTTPStatus
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy.ext.asyncio import AsyncSession
+from prometheus_client import Counter
 
-from steward.assistant import prompts, service, tokens, tools
+from steward.assistant import prompts, repository, tokens, tools
 from steward.assistant.models import Run, RunStatus
+from steward.assistant.plan import Plan, Preloaded, input_budget
 from steward.assistant.providers import (
     ChatRequest,
     Finish,
@@ -40,24 +32,17 @@ from steward.assistant.providers import (
     Usage,
 )
 from steward.assistant.resilience import Providers
-from steward.assistant.streams import EntryIds, RunEvent, RunLog
+from steward.assistant.streams import RunEvent, RunLog
 from steward.assistant.usage import UsageMeter
-from steward.platform.errors import PROBLEM_BASE, Conflict
+from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
-from steward.platform.transactions import after_commit
 
 log = structlog.get_logger(__name__)
 
 RUNS = Counter("steward_assistant_runs_total", "Runs by provider and final status.",
                ["provider", "status"])  # fmt: skip
-ACTIVE = Gauge("steward_assistant_runs_active", "Runs executing in this process.")
-RUN_SECONDS = Histogram(
-    "steward_assistant_run_seconds", "Run duration by provider.", ["provider"],
-    buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
-)  # fmt: skip
 TOKENS = Counter("steward_assistant_tokens_total", "Tokens used by provider and kind.",
                  ["provider", "kind"])  # fmt: skip
-CANCEL_POLL_S = 0.5
 
 
 class Stalled(ProviderUnavailable):
@@ -108,8 +93,8 @@ class Execution:
     def __init__(
         self,
         resources: Resources,
-        plan: service.Plan,
-        preloaded: service.Preloaded | None = None,
+        plan: Plan,
+        preloaded: Preloaded | None = None,
         committed: asyncio.Future[bool] | None = None,
     ) -> None:
         self.resources = resources
@@ -140,7 +125,7 @@ class Execution:
         else:
             streamed = await self._streamed()
             async with self.resources.transaction() as session:
-                claim = await service.claim_run(session, run_id=plan.run_id, streamed=streamed)
+                claim = await repository.claim_run(session, run_id=plan.run_id, streamed=streamed)
                 if claim in ("ended", "lost"):
                     run = await session.get(Run, plan.run_id)
                     self.status = RunStatus(run.status) if run is not None else RunStatus.FAILED
@@ -152,7 +137,7 @@ class Execution:
                 if claim == "retry":
                     log.info("assistant.run_retried", run_id=str(plan.run_id))
                 prompt = await prompts.active(session, name=plan.prompt_name)
-                history = await service.history(session, conversation_id=plan.conversation_id)
+                history = await repository.history(session, conversation_id=plan.conversation_id)
         error: dict[str, Any] | None = None
         try:
             if provider is None:
@@ -184,7 +169,7 @@ class Execution:
     async def _streamed(self) -> bool | None:
         """Whether an earlier attempt already sent output for this run."""
         try:
-            events = await run_log(self.resources).read(self.plan.run_id)
+            events = await self.resources.get(RunLog).read(self.plan.run_id)
         except Exception:  # noqa: BLE001 - unknown; the claim then assumes the worst
             return None
         return any(event.event in ("token", "tool_call") for event in events)
@@ -201,7 +186,7 @@ class Execution:
         for round_no in range(max_rounds + 1):
             # The last round offers no tools: the model has to answer in words.
             offered = schemas if round_no < max_rounds else []
-            budget = service.input_budget(provider) - tokens.count_tools(offered, plan.model)
+            budget = input_budget(provider) - tokens.count_tools(offered, plan.model)
             messages, _ = tokens.fit(system, history, budget=budget, model=plan.model)
             request = ChatRequest(model=plan.model, messages=messages, tools=offered,
                                   max_tokens=provider.config.max_output_tokens)  # fmt: skip
@@ -266,10 +251,10 @@ class Execution:
             if not await self.stored():  # its request failed to store it (see drive)
                 raise asyncio.CancelledError
             async with self.resources.transaction() as session:
-                await service.add_message(session, plan=plan, role="assistant", content=text,
+                await repository.add_message(session, plan=plan, role="assistant", content=text,
                                           tool_calls=calls)  # fmt: skip
                 for message in results:
-                    await service.add_message(
+                    await repository.add_message(
                         session, plan=plan, role="tool", content=message["content"],
                         tool_call_id=message["tool_call_id"], name=message["name"],
                     )  # fmt: skip
@@ -292,9 +277,9 @@ class Execution:
         try:
             async with self.resources.transaction() as session:
                 if status is RunStatus.SUCCEEDED and self.final_text is not None:
-                    await service.add_message(session, plan=self.plan, role="assistant",
+                    await repository.add_message(session, plan=self.plan, role="assistant",
                                               content=self.final_text)  # fmt: skip
-                won = await service.finish_run(
+                won = await repository.finish_run(
                     session, run_id=self.plan.run_id, status=status, usage=self.usage,
                     first_token_at=self.first_token_at, error=error,
                 )  # fmt: skip
@@ -316,189 +301,3 @@ class Execution:
         TOKENS.labels(self.plan.provider, "prompt").inc(self.usage.prompt_tokens)
         TOKENS.labels(self.plan.provider, "completion").inc(self.usage.completion_tokens)
         return status
-
-
-class ActiveRuns:
-    """The runs executing in this process, so they can be cancelled and drained."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[uuid.UUID, asyncio.Task[RunStatus | None]] = {}
-
-    def start(
-        self,
-        resources: Resources,
-        plan: service.Plan,
-        preloaded: service.Preloaded,
-        committed: asyncio.Future[bool] | None = None,
-    ) -> LiveRun:
-        """Execute a fresh run in its own task; its events go to the LiveRun and the stream.
-        With `committed`, the run may start before its rows are committed (see drive)."""
-        queue: asyncio.Queue[tuple[str | None, RunEvent] | None] = asyncio.Queue()
-        task = asyncio.create_task(
-            drive(resources, plan, queue, preloaded=preloaded, committed=committed),
-            name=f"run-{plan.run_id}",
-        )
-        self._tasks[plan.run_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(plan.run_id, None))
-        return LiveRun(run_id=plan.run_id, task=task, queue=queue)
-
-    def cancel(self, run_id: uuid.UUID) -> bool:
-        task = self._tasks.get(run_id)
-        if task is None:
-            return False
-        task.cancel()
-        return True
-
-    async def cancel_all(self, timeout_s: float = 5.0) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
-
-
-@dataclass(slots=True)
-class LiveRun:
-    """A started run: read its events with `events()`, stop it with `cancel()`."""
-
-    run_id: uuid.UUID
-    task: asyncio.Task[RunStatus | None]
-    queue: asyncio.Queue[tuple[str | None, RunEvent] | None]
-
-    async def events(self) -> AsyncIterator[tuple[str | None, RunEvent]]:
-        """(stream entry id, event) until the run ends. Leaving early cancels the run."""
-        async for batch in self.batches(1):
-            for item in batch:
-                yield item
-
-    async def batches(self, size: int) -> AsyncIterator[list[tuple[str | None, RunEvent]]]:
-        """The same, in lists of what is already waiting (at most `size`)."""
-        try:
-            while (item := await self.queue.get()) is not None:
-                batch = [item]
-                while len(batch) < size and not self.queue.empty():
-                    following = self.queue.get_nowait()
-                    if following is None:
-                        yield batch
-                        return
-                    batch.append(following)
-                yield batch
-        finally:
-            if not self.task.done():
-                self.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(self.task)
-
-    def cancel(self) -> None:
-        self.task.cancel()
-
-
-async def cancel(
-    resources: Resources, active: ActiveRuns, session: AsyncSession, *, run: Run
-) -> None:
-    """Stop `run` wherever it executes: here directly, elsewhere through the Redis flag its
-    process polls. A run still queued for a worker is closed here (the worker then finds
-    it ended)."""
-    if RunStatus(run.status).finished:
-        raise Conflict(f"the run has already ended ({run.status})")
-    log.info("assistant.run_cancel_requested", run_id=str(run.id))
-    if active.cancel(run.id):
-        return
-    stream = run_log(resources)
-    await stream.request_cancel(run.id)
-    if run.status != RunStatus.QUEUED.value:
-        return
-    await service.finish_run(session, run_id=run.id, status=RunStatus.CANCELLED,
-                             usage=Usage(0, 0, 0))  # fmt: skip
-    done = RunEvent("done", {"run_id": str(run.id), "status": RunStatus.CANCELLED.value})
-
-    async def announce() -> None:
-        await stream.append(run.id, done)
-
-    after_commit(session).call(announce)
-
-
-def run_log(resources: Resources) -> RunLog:
-    return resources.get(RunLog)
-
-
-async def drive(
-    resources: Resources,
-    plan: service.Plan,
-    deliver: asyncio.Queue[tuple[str | None, RunEvent] | None] | None = None,
-    *,
-    preloaded: service.Preloaded | None = None,
-    committed: asyncio.Future[bool] | None = None,
-) -> RunStatus | None:
-    """Execute `plan` to the end: every event to the run's stream (and to `deliver`), while
-    watching for a cancel asked from anywhere. Returns the final status.
-
-    With `committed`, the provider call starts while the request that stored the run is
-    still committing: the wait for the first token hides the commit's round trips. Writes
-    about the run wait for it, and if it fails the run stops without being recorded."""
-    stream = run_log(resources)
-    execution = Execution(resources, plan, preloaded, committed)
-    current = asyncio.current_task()
-    ACTIVE.inc()
-    started = time.perf_counter()
-
-    async def watch() -> None:
-        if not await execution.stored() and current is not None:
-            current.cancel()
-            return
-        assert current is not None
-        asked = asyncio.ensure_future(stream.cancel_asked(plan.run_id))
-        asked.add_done_callback(lambda done: None if done.cancelled() else current.cancel())
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await asyncio.sleep(CANCEL_POLL_S)
-                # A stalled reply: a timer per streamed chunk (asyncio.timeout) cost more
-                # than this check; the stall is noticed up to CANCEL_POLL_S late.
-                deadline = execution.idle_deadline
-                if deadline is not None and loop.time() > deadline:
-                    execution.stalled = True
-                    current.cancel()
-                    return
-        finally:
-            asked.cancel()
-
-    # A run started here for a live reader is fresh, and nothing else appends to its stream
-    # while it lasts (cancels of queued runs and retries concern background runs): its ids
-    # are assigned here, and each event reaches the reader at once, its XADD off that path
-    # (the process's writer sends every run's pending events in one round trip).
-    ids = EntryIds() if deliver is not None else None
-
-    def emit(event: RunEvent) -> None:
-        if ids is None:
-            stream.enqueue(plan.run_id, event)
-            return
-        entry_id = ids.next()
-        assert deliver is not None
-        deliver.put_nowait((entry_id, event))
-        stream.enqueue(plan.run_id, event, entry_id)
-
-    watcher = asyncio.create_task(watch())
-    ended = False
-    try:
-        async for event in execution.events():
-            emit(event)
-        ended = True
-        await stream.flush()
-    except asyncio.CancelledError:
-        if not ended:
-            # Cancelled at any point (even before it started): recorded, every reader told.
-            await asyncio.shield(execution.close(RunStatus.CANCELLED, None))
-            emit(RunEvent("done", {"run_id": str(plan.run_id), "status": "cancelled"}))
-        with contextlib.suppress(Exception):
-            await asyncio.shield(stream.flush())
-        raise
-    finally:
-        watcher.cancel()
-        ACTIVE.dec()
-        RUN_SECONDS.labels(plan.provider).observe(time.perf_counter() - started)
-        if deliver is not None:
-            # Unbounded: a run's events are bounded by its token budget, and a slow reader
-            # must not stall the provider call (which has its own idle timeout).
-            deliver.put_nowait(None)
-    return execution.status
