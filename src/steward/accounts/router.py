@@ -8,20 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response, status
 
 from steward.accounts import service
+from steward.accounts.authentication import Policy
 from steward.accounts.deps import (
     Admin,
     CredentialsForm,
     CurrentPrincipal,
     CurrentUser,
     ManagedUser,
-    Policy,
     ProfileWriter,
-    RateLimited,
     SessionUser,
-    SignInLockout,
-    limit_login,
-    limit_register,
 )
+from steward.accounts.limits import RateLimited, SignInLockout, limit_login, limit_register
 from steward.accounts.models import User
 from steward.accounts.schemas import (
     AdminUserUpdate,

@@ -8,7 +8,7 @@ import asyncio
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette.requests import HTTPConnection
 
-from steward.accounts.deps import Principal, authenticate, credentials
+from steward.accounts.authentication import Principal, authenticate, credentials
 from steward.platform.errors import StewardError, Unauthorized
 from steward.platform.sockets import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
 

@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from steward.accounts.deps import Principal, limit, requires
+from steward.accounts.authentication import Principal
+from steward.accounts.deps import requires
+from steward.accounts.limits import limit
 from steward.assistant import service
 from steward.assistant.models import Conversation
 from steward.assistant.runs import ActiveRuns, Sender

@@ -20,7 +20,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steward.accounts.deps import Principal, limit, resolve_principal
+from steward.accounts.authentication import Principal, resolve_principal
+from steward.accounts.limits import limit
 from steward.assistant import service, tokens
 from steward.assistant.plan import input_budget
 from steward.assistant.providers import (

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from steward.accounts.deps import Admin, CurrentUser, RateLimited
+from steward.accounts.deps import Admin, CurrentUser
+from steward.accounts.limits import RateLimited
 from steward.jobs import service
 from steward.jobs.deps import CeleryApp
 from steward.jobs.schemas import DeadLetterRead, JobRead

@@ -13,7 +13,8 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
-from steward.accounts.deps import CurrentUser, ProfileWriter, RateLimited
+from steward.accounts.deps import CurrentUser, ProfileWriter
+from steward.accounts.limits import RateLimited
 from steward.accounts.sockets import accept_socket
 from steward.notifications import service, webhooks
 from steward.notifications.hub import Hub

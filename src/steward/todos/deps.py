@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path
 
-from steward.accounts.deps import Principal, requires
+from steward.accounts.authentication import Principal
+from steward.accounts.deps import requires
 from steward.platform.deps import Session
 from steward.todos import service
 from steward.todos.models import Todo

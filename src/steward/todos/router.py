@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response, status
 
-from steward.accounts.deps import RateLimited
+from steward.accounts.limits import RateLimited
 from steward.platform.api import API_V1, QueryModel
 from steward.platform.deps import Session, resources_of
 from steward.platform.pagination import Page

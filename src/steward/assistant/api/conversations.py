@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from steward.accounts.deps import RateLimited
+from steward.accounts.limits import RateLimited
 from steward.assistant import service
 from steward.assistant.deps import AssistantUser, OwnedConversation, user_id_of
 from steward.assistant.schemas import (

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from steward.accounts.deps import OptionalPrincipal, limit
+from steward.accounts.deps import OptionalPrincipal
+from steward.accounts.limits import limit
 from steward.assistant.providers import ChatRequest, ProviderError, TextDelta
 from steward.assistant.resilience import Providers
 from steward.platform.deps import resources_of

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, status
 
-from steward.accounts.deps import Admin, RateLimited
+from steward.accounts.deps import Admin
+from steward.accounts.limits import RateLimited
 from steward.assistant import prompts
 from steward.assistant.schemas import PromptCreate, PromptRead
 from steward.platform.api import API_V1

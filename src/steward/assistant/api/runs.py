@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from steward.accounts.deps import RateLimited
+from steward.accounts.limits import RateLimited
 from steward.assistant import runs, service
 from steward.assistant.deps import (
     AssistantLimited,

@@ -11,7 +11,8 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from steward.accounts.deps import Principal, limit
+from steward.accounts.authentication import Principal
+from steward.accounts.limits import limit
 from steward.accounts.sockets import accept_socket
 from steward.assistant import runs
 from steward.assistant.deps import sender_of
