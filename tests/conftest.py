@@ -37,6 +37,8 @@ def make_settings(engines: EngineSet, **overrides: Any) -> Settings:
         "environment": "dev",
         "database_url": engines.database_url,
         "redis_url": engines.redis_url,
+        # Where the suite's workers listen (tests/workers.py): jobs the app sends reach them.
+        "celery_broker_url": engines.redis_spare(1),
         "log_format": "json",
         "db_pool_size": 5,
         "db_max_overflow": 5,

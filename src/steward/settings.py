@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     schedule_reminders: str = "* * * * *"
     schedule_cleanup: str = "17 3 * * *"
     schedule_reap_runs: str = "*/5 * * * *"
+    schedule_outbox: str = "every 30s"
+    outbox_sweep_after_s: float = Field(
+        default=10.0, gt=0, description="how long a recorded job may stay unsent before the "
+        "sweeper sends it (its own send after commit normally takes milliseconds)",
+    )  # fmt: skip
     worker_queues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["default", "reminders", "ingest", "assistant"]
     )
@@ -247,7 +252,9 @@ class Settings(BaseSettings):
             raise ValueError(f"not a rate limit like '60/minute': {value!r}") from None
         return value
 
-    @field_validator("schedule_reminders", "schedule_cleanup", "schedule_reap_runs")
+    @field_validator(
+        "schedule_reminders", "schedule_cleanup", "schedule_reap_runs", "schedule_outbox"
+    )
     @classmethod
     def _cron(cls, value: str) -> str:
         if value.startswith("every "):

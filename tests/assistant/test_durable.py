@@ -23,7 +23,6 @@ from redis.asyncio import Redis
 
 from steward.assistant import repository
 from steward.assistant.models import Run
-from steward.jobs.deps import celery_app
 from steward.platform.resources import Resources
 from tests.assistant.conftest import (
     ServedFake,
@@ -182,11 +181,9 @@ async def _wait_for(http: httpx.AsyncClient, account: Account, run_id: str,
 
 
 async def _ask_in_background(
-    http: httpx.AsyncClient, base: Any, celery: Celery, content: str,
-    headers: dict[str, str] | None = None,
-) -> tuple[Account, httpx.Response]:  # fmt: skip
-    """A new user's message with `background: true`, its task sent through `celery`."""
-    base.app.dependency_overrides[celery_app] = lambda: celery
+    http: httpx.AsyncClient, content: str, headers: dict[str, str] | None = None
+) -> tuple[Account, httpx.Response]:
+    """A new user's message with `background: true` (its job goes to the settings' broker)."""
     alice = await make_account(http)
     conversation = await new_conversation(http, alice)
     accepted = await http.post(
@@ -199,13 +196,13 @@ async def _ask_in_background(
 async def test_background_run_is_executed_by_a_worker(
     engines: EngineSet, fake: ServedFake, assistant_worker: tuple[Celery, Any]
 ) -> None:
-    celery, _ = assistant_worker
+    assert assistant_worker  # the worker that runs the job
     fake.script(Script(text="answered in the background", usage=(9, 4)))
     settings = assistant_settings(engines, fake.url, tracing=True)
     trace_id = f"{uuid.uuid4().int:032x}"
     request_id = f"bg-{uuid.uuid4().hex[:12]}"
     async with live_server(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
-        alice, accepted = await _ask_in_background(http, base, celery, "later please", {
+        alice, accepted = await _ask_in_background(http, "later please", {
             "X-Request-ID": request_id, "traceparent": f"00-{trace_id}-{'1' * 16}-01"})  # fmt: skip
         assert accepted.status_code == 202, accepted.text
         run_id = accepted.json()["id"]
@@ -228,13 +225,13 @@ async def test_background_run_is_executed_by_a_worker(
 async def test_a_worker_killed_mid_run_leaves_the_run_failed_not_running(
     engines: EngineSet, fake: ServedFake, assistant_worker: tuple[Celery, subprocess.Popen[bytes]]
 ) -> None:
-    celery, process = assistant_worker
+    _, process = assistant_worker
     fake.script(Script(text=" ".join(f"w{i}" for i in range(400)), delay_s=0.02))
     async with (
         live_server(assistant_settings(engines, fake.url)) as base,
         httpx.AsyncClient(base_url=base, timeout=20) as http,
     ):
-        alice, accepted = await _ask_in_background(http, base, celery, "long")
+        alice, accepted = await _ask_in_background(http, "long")
         run_id = accepted.json()["id"]
         seen = await asyncio.wait_for(read_events(http, alice, run_id, stop_after=10), 30)
         assert seen[-1][1] == "token"
@@ -282,17 +279,15 @@ async def test_orphaned_runs_are_reaped(engines: EngineSet, fake: ServedFake) ->
 async def test_cancelling_a_queued_background_run_closes_it(
     engines: EngineSet, fake: ServedFake
 ) -> None:
-    from steward.jobs.worker import create_celery
-    from tests.conftest import make_settings
-
     # A broker no worker listens on: the run stays queued until cancelled.
-    idle_broker = engines.redis_spare(2)
-    nobody = create_celery(make_settings(engines, celery_broker_url=idle_broker))
+    settings = assistant_settings(engines, fake.url).model_copy(
+        update={"celery_broker_url": engines.redis_spare(2)}
+    )
     async with (
-        live_server(assistant_settings(engines, fake.url)) as base,
+        live_server(settings) as base,
         httpx.AsyncClient(base_url=base, timeout=20) as http,
     ):
-        alice, accepted = await _ask_in_background(http, base, nobody, "never picked up")
+        alice, accepted = await _ask_in_background(http, "never picked up")
         run_id = accepted.json()["id"]
         assert accepted.json()["status"] == "queued"
         cancelled = await http.post(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from celery import shared_task
 from redis import Redis
 
 from steward.jobs.base import StewardTask, TransientError
-from steward.jobs.worker import app
 from steward.settings import get_settings
 
 
@@ -21,7 +21,7 @@ def _redis() -> Redis:
     return Redis.from_url(url)
 
 
-@app.task(name="tests.flaky", base=QuickRetry, bind=True)
+@shared_task(name="tests.flaky", base=QuickRetry, bind=True)
 def flaky(self: StewardTask, key: str, failures: int) -> int:
     """Fails with a transient error `failures` times, then succeeds."""
     attempt = int(_redis().incr(f"test:flaky:{key}"))
@@ -30,7 +30,7 @@ def flaky(self: StewardTask, key: str, failures: int) -> int:
     return attempt
 
 
-@app.task(name="tests.broken_until_fixed", base=QuickRetry)
+@shared_task(name="tests.broken_until_fixed", base=QuickRetry)
 def broken_until_fixed(key: str) -> str:
     """Fails for good (not transient) until the test sets the fix flag."""
     if not _redis().get(f"test:fixed:{key}"):

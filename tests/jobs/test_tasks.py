@@ -16,7 +16,6 @@ from redis import Redis
 
 from steward.jobs import service
 from steward.jobs.base import backoff_s
-from steward.jobs.deps import celery_app
 from tests.engines import EngineSet
 from tests.factories import make_account, make_admin
 
@@ -63,7 +62,6 @@ async def test_exhausted_task_is_dead_lettered_and_replayable(
     assert (await client.get("/api/v1/admin/dead-letters", headers=user.headers)).status_code == 403
 
     Redis.from_url(engines.redis_url).set(f"test:fixed:{key}", "1")
-    app.dependency_overrides[celery_app] = lambda: worker
     letter = by_task["tests.broken_until_fixed"]
     replayed = await client.post(
         f"/api/v1/admin/dead-letters/{letter['id']}/replay", headers=admin.headers
@@ -79,14 +77,10 @@ async def test_exhausted_task_is_dead_lettered_and_replayable(
 async def test_job_status_is_for_its_owner_only(
     worker: Celery, client: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    app.dependency_overrides[celery_app] = lambda: worker
     alice, bob = await make_account(client), await make_account(client)
-    async with app.state.resources.sessionmaker.begin() as session:
-        job_id = await service.enqueue(
-            session, worker, owner_id=uuid.UUID(alice.id), task="steward.ping"
-        )
-    # enqueue() sends after commit through the request session; here, send it directly.
-    worker.send_task("steward.ping", task_id=job_id).get(timeout=30)
+    async with app.state.resources.transaction() as session:
+        job_id = await service.enqueue(session, owner_id=uuid.UUID(alice.id), task="steward.ping")
+    assert worker.AsyncResult(job_id).get(timeout=30) == "pong"  # sent once committed
     mine = await client.get(f"/api/v1/jobs/{job_id}", headers=alice.headers)
     assert mine.status_code == 200
     assert mine.json()["state"] == "SUCCESS"

@@ -38,7 +38,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from celery import Celery
 from prometheus_client import Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -115,7 +114,6 @@ async def start(
 
 async def queue(
     resources: Resources,
-    celery: Celery,
     *,
     sender: Sender,
     conversation_id: uuid.UUID,
@@ -129,7 +127,7 @@ async def queue(
         plan, prompt = await _plan(resources, session, sender, conversation.id, message)
         await repository.store_run(session, plan=plan, prompt=prompt, content=message.content,
                                    background=True)  # fmt: skip
-        await jobs.enqueue(session, celery, owner_id=plan.user_id, task=RUN_TASK,
+        await jobs.enqueue(session, owner_id=plan.user_id, task=RUN_TASK,
                            kwargs={"plan": plan.to_json()})  # fmt: skip
         return await service.read_run(session, owner_id=plan.user_id, run_id=plan.run_id)
 

@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from celery import shared_task
 
 from steward.assistant import repository, runs
 from steward.assistant.plan import Plan
 from steward.jobs import runtime
 from steward.jobs.base import StewardTask
-from steward.jobs.worker import app
 from steward.platform.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -20,7 +20,7 @@ log = structlog.get_logger(__name__)
 REAP_AFTER = timedelta(minutes=30)
 
 
-@app.task(name=runs.RUN_TASK, base=StewardTask, max_retries=0)
+@shared_task(name=runs.RUN_TASK, base=StewardTask, max_retries=0)
 def run_in_background(plan: dict[str, Any]) -> str | None:
     """Execute a run started with `"background": true`; its events go to the run's stream.
     A redelivery after the worker died retries it if nothing was streamed yet, else closes
@@ -35,7 +35,7 @@ def run_in_background(plan: dict[str, Any]) -> str | None:
     return runtime.run(work)
 
 
-@app.task(name="steward.assistant.reap", base=StewardTask)
+@shared_task(name="steward.assistant.reap", base=StewardTask)
 def reap_runs() -> int:
     """Beat: runs still queued or running long after any run could take are marked failed."""
 

@@ -1,5 +1,14 @@
-"""Background jobs: the Celery app (`celery -A steward.jobs worker|beat`)."""
+"""Background jobs: the Celery app (`celery -A steward.jobs worker|beat`), built from the
+settings on first access to `steward.jobs.app` (see `worker.get_app`)."""
 
-from steward.jobs.worker import app
+from __future__ import annotations
 
-__all__ = ["app"]
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        from steward.jobs.worker import get_app
+
+        return get_app()
+    raise AttributeError(name)

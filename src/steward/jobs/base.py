@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from steward.jobs import runtime
 from steward.jobs.models import DeadLetter
 from steward.platform.resources import Resources
+from steward.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,11 @@ class StewardTask(_TaskBase):
     retry_base_s = 2.0
     retry_cap_s = 300.0
 
+    def retry_policy(self, settings: Settings) -> tuple[int, float]:
+        """(retries, backoff base in seconds) for transient failures; a task whose policy
+        is a setting overrides this (read at failure time, never at import)."""
+        return self.max_retries, self.retry_base_s
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().__call__(*args, **kwargs)
@@ -60,8 +66,9 @@ class StewardTask(_TaskBase):
             raise
         except TRANSIENT as exc:
             retries = self.request.retries
-            if retries < self.max_retries:
-                countdown = backoff_s(retries, base=self.retry_base_s, cap=self.retry_cap_s)
+            max_retries, base_s = self.retry_policy(get_settings())
+            if retries < max_retries:
+                countdown = backoff_s(retries, base=base_s, cap=self.retry_cap_s)
                 log.warning(
                     "task.retrying",
                     task=self.name,
@@ -69,7 +76,7 @@ class StewardTask(_TaskBase):
                     countdown_s=round(countdown, 2),
                     error=type(exc).__name__,
                 )
-                raise self.retry(exc=exc, countdown=countdown) from exc
+                raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
             self._dead_letter(exc, args, kwargs)
             raise Reject(exc, requeue=False) from exc
         except Exception as exc:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, func
+from sqlalchemy import ForeignKey, Index, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,11 +33,20 @@ class DeadLetter(Base):
 
 
 class Job(Base):
-    """Who started a task, so that `GET /jobs/{id}` answers only its owner."""
+    """A task to run, recorded in the transaction that asked for it (the outbox): sent to the
+    broker once that transaction commits, or by the sweeper if that send never happened.
+    `owner_id` (None for the system's own jobs) is who may read its status."""
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
+    args: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'"))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_jobs_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),
+    )

@@ -47,11 +47,9 @@ async def list_dead_letters(
     summary="Run a dead-lettered task again with its arguments (admin)",
     status_code=status.HTTP_202_ACCEPTED,
 )
-async def replay_dead_letter(
-    letter_id: LetterId, _: Admin, session: Session, celery: CeleryApp
-) -> DeadLetterRead:
+async def replay_dead_letter(letter_id: LetterId, _: Admin, session: Session) -> DeadLetterRead:
     letter = await service.get_dead_letter(session, letter_id)
-    return DeadLetterRead.of(await service.replay(session, celery, letter=letter))
+    return DeadLetterRead.of(await service.replay(session, letter=letter))
 
 
 @router.delete(

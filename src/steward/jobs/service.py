@@ -13,37 +13,33 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.jobs import outbox  # noqa: F401 - provides the Dispatcher that sends
 from steward.jobs.models import DeadLetter, Job
 from steward.platform.errors import NotFound
 from steward.platform.pagination import newest_first
-from steward.platform.transactions import after_commit
+from steward.platform.transactions import Dispatch, after_commit
 
 log = structlog.get_logger(__name__)
 
 
 async def enqueue(
     session: AsyncSession,
-    celery: Celery,
     *,
-    owner_id: uuid.UUID,
     task: str,
     args: list[Any] | None = None,
     kwargs: dict[str, Any] | None = None,
+    owner_id: uuid.UUID | None = None,
+    job_id: str | None = None,
 ) -> str:
-    """Record the job for its owner and send it once this transaction commits (a rollback
-    sends nothing). Returns the job id."""
-    job_id = str(uuid.uuid4())
-    session.add(Job(id=job_id, owner_id=owner_id, name=task))
+    """The one way to start a task: record it in this transaction (the outbox) and send it
+    once the transaction commits; a rollback sends nothing, and a send that never happens is
+    swept up (jobs/outbox.py). `owner_id` may read its status. Returns the job id."""
+    job = Job(id=job_id or str(uuid.uuid4()), owner_id=owner_id, name=task, args=args or [],
+              kwargs=kwargs or {})  # fmt: skip
+    session.add(job)
     await session.flush()
-
-    async def send() -> None:
-        # kombu's publish is blocking I/O: keep it off the event loop.
-        await anyio.to_thread.run_sync(
-            lambda: celery.send_task(task, args=args or [], kwargs=kwargs or {}, task_id=job_id)
-        )
-
-    after_commit(session).enqueue(send)
-    return job_id
+    after_commit(session).enqueue(Dispatch(job.id, task, job.args, job.kwargs))
+    return job.id
 
 
 async def status(
@@ -83,21 +79,14 @@ async def get_dead_letter(session: AsyncSession, letter_id: uuid.UUID) -> DeadLe
     return letter
 
 
-async def replay(session: AsyncSession, celery: Celery, *, letter: DeadLetter) -> DeadLetter:
+async def replay(session: AsyncSession, *, letter: DeadLetter) -> DeadLetter:
     """Send the task again with its original arguments, after this transaction commits."""
-    task_id = str(uuid.uuid4())
+    letter.replay_task_id = await enqueue(
+        session, task=letter.task_name, args=letter.args, kwargs=letter.kwargs
+    )
     letter.replayed_at = datetime.now(UTC)
-    letter.replay_task_id = task_id
     await session.flush()
-    name, args, kwargs = letter.task_name, letter.args, letter.kwargs
-
-    async def send() -> None:
-        await anyio.to_thread.run_sync(
-            lambda: celery.send_task(name, args=args, kwargs=kwargs, task_id=task_id)
-        )
-
-    after_commit(session).enqueue(send)
-    log.info("dead_letter.replayed", dead_letter_id=str(letter.id), task=name)
+    log.info("dead_letter.replayed", dead_letter_id=str(letter.id), task=letter.task_name)
     return letter
 
 

@@ -1,5 +1,7 @@
 """The Celery application, configured from settings: queues and routes, JSON only, late
-acks, time limits, RedBeat schedules from cron settings, and logs through structlog."""
+acks, time limits, RedBeat schedules from cron settings, and logs through structlog. It is
+built on first use (`steward.jobs.app`), not at import: importing a task module reads no
+settings. Tasks are `shared_task`s in their domain's `tasks.py`."""
 
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def create_celery(settings: Settings) -> Celery:
         backend=backend,
         include=[
             "steward.jobs.tasks",
+            "steward.todos.tasks",
             "steward.assistant.tasks",
             "steward.notifications.tasks",
             *settings.task_modules,
@@ -109,6 +112,10 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": cron(settings.schedule_reminders),
             },
             "cleanup": {"task": "steward.cleanup", "schedule": cron(settings.schedule_cleanup)},
+            "outbox-sweep": {
+                "task": "steward.jobs.sweep_outbox",
+                "schedule": cron(settings.schedule_outbox),
+            },
             "assistant-reap": {
                 "task": "steward.assistant.reap",
                 "schedule": cron(settings.schedule_reap_runs),
@@ -196,4 +203,12 @@ def _leave_context(task_id: str | None = None, **_: Any) -> None:
         otel_context.detach(token)
 
 
-app = create_celery(get_settings())
+_app: Celery | None = None
+
+
+def get_app() -> Celery:
+    """This process's Celery app, built from the settings on first use."""
+    global _app
+    if _app is None:
+        _app = create_celery(get_settings())
+    return _app

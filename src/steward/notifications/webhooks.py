@@ -26,9 +26,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.jobs import service as jobs
 from steward.notifications.models import Webhook
 from steward.platform.errors import NotFound, UnprocessableContent
-from steward.platform.transactions import after_commit
 from steward.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -118,15 +118,8 @@ async def deliver_after_commit(
     event = {"id": str(uuid.uuid4()), "type": event_type, "created_at": int(time.time()),
              "data": data}  # fmt: skip
 
-    async def send() -> None:
-        from steward.jobs import app
-
-        # kombu's publish is blocking I/O: keep it off the event loop.
-        await anyio.to_thread.run_sync(
-            lambda: app.send_task(DELIVER_TASK, kwargs={"user_id": str(user_id), "event": event})
-        )
-
-    after_commit(session).enqueue(send)
+    await jobs.enqueue(session, task=DELIVER_TASK, owner_id=user_id,
+                       kwargs={"user_id": str(user_id), "event": event})  # fmt: skip
 
 
 class DeliveryFailed(Exception):

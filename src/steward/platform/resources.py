@@ -14,7 +14,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -24,7 +23,7 @@ from steward.platform.proxies import Network, parse_networks
 from steward.platform.pubsub import publish_all
 from steward.platform.ratelimit import Policy, RateLimiter
 from steward.platform.redis import create_redis, create_request_redis
-from steward.platform.transactions import AfterCommit, open_transaction
+from steward.platform.transactions import AfterCommit, Dispatcher, open_transaction
 from steward.settings import Settings
 
 
@@ -56,8 +55,6 @@ class RateLimitPolicies:
         )
 
 
-log = structlog.get_logger(__name__)
-
 T = TypeVar("T")
 _PARTS: dict[type[Any], Callable[[Resources], Any]] = {}
 
@@ -82,8 +79,12 @@ class Resources:
     parts: dict[type[Any], Any] = field(default_factory=dict)
 
     def get(self, kind: type[T]) -> T:
-        """The part a domain provided as `kind`."""
-        return cast(T, self.parts[kind])
+        """The part a domain provided as `kind` (built now if its module was imported after
+        these resources were opened, as a worker's task modules may be)."""
+        part = self.parts.get(kind)
+        if part is None:
+            part = self.parts[kind] = _PARTS[kind](self)
+        return cast(T, part)
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -118,11 +119,8 @@ class Resources:
     async def _after_commit(self, queue: AfterCommit) -> None:
         await self.cache.invalidate(*sorted(queue.namespaces))
         await publish_all(self.request_redis, queue.events)
-        for send in queue.jobs:
-            try:
-                await send()
-            except Exception as exc:  # noqa: BLE001 - recorded in the outbox; swept later
-                log.warning("jobs.send_failed", error=type(exc).__name__)
+        if queue.jobs:
+            await self.get(Dispatcher).dispatch(queue.jobs)  # type: ignore[type-abstract]
         for callback in queue.callbacks:
             await callback()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,6 +23,23 @@ Send = Callable[[], Awaitable[None]]
 _QUEUE_KEY = "steward.after_commit"
 
 
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A job recorded in a transaction (jobs/service.py `enqueue`), to send once it commits."""
+
+    job_id: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+class Dispatcher(Protocol):
+    """Sends committed jobs to the broker; the jobs domain provides it (jobs/outbox.py). A
+    failed send is logged there: the job is recorded, and the outbox sweeper sends it."""
+
+    async def dispatch(self, jobs: list[Dispatch]) -> None: ...
+
+
 @dataclass(slots=True)
 class AfterCommit:
     """What one transaction does once committed, in this order: invalidate cached reads (so a
@@ -30,7 +47,7 @@ class AfterCommit:
 
     namespaces: set[str] = field(default_factory=set)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    jobs: list[Send] = field(default_factory=list)
+    jobs: list[Dispatch] = field(default_factory=list)
     callbacks: list[Send] = field(default_factory=list)
 
     def invalidate(self, *namespaces: str) -> None:
@@ -41,10 +58,9 @@ class AfterCommit:
         """Publish `event` on a Pub/Sub channel (best effort: the change is already stored)."""
         self.events.append((channel, event))
 
-    def enqueue(self, send: Send) -> None:
-        """Send a job recorded in this transaction (jobs/service.py `enqueue`); a failed
-        send is logged and left to the outbox sweeper."""
-        self.jobs.append(send)
+    def enqueue(self, job: Dispatch) -> None:
+        """Send a job recorded in this transaction (use jobs/service.py `enqueue`)."""
+        self.jobs.append(job)
 
     def call(self, callback: Send) -> None:
         """Anything else that needs the commit first; its errors propagate."""

@@ -24,7 +24,6 @@ from steward.assistant.deps import (
 )
 from steward.assistant.schemas import MessageCreate, Reply, RunRead, UsageDayRead, UsageReport
 from steward.assistant.streams import RunEvent
-from steward.jobs.deps import CeleryApp
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, resources_of
 from steward.platform.errors import UnprocessableContent, problem_body
@@ -103,13 +102,12 @@ async def post_message(
     body: MessageCreate,
     principal: AssistantUser,
     active: Runs,
-    celery: CeleryApp,
 ) -> Response:
     resources = resources_of(request)
     sender = sender_of(principal)
     if body.background:
         run = await runs.queue(
-            resources, celery, sender=sender, conversation_id=conversation_id, message=body
+            resources, sender=sender, conversation_id=conversation_id, message=body
         )
         return Response(
             run.model_dump_json(),
