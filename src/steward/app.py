@@ -15,8 +15,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
 from steward.accounts import router as accounts_router
-from steward.assistant import api as assistant_api
-from steward.assistant import gateway, tokens
+from steward.assistant import routes as assistant_routes
+from steward.assistant import tokens
 from steward.assistant.runs import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
@@ -141,8 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         realtime_router.router,
         realtime_router.notifications,
         jobs_router.router,
-        *assistant_api.routers,
-        gateway.router,
+        *assistant_routes.routers,
     ):
         app.include_router(router)
     return app
