@@ -180,12 +180,12 @@ async def test_sliding_window_counts_atomically_and_recovers(
 
     from redis.asyncio import Redis
 
-    from steward.platform.ratelimit import Policy, RateLimiter
+    from steward.platform.ratelimit import RateLimiter, RateLimitPolicy
 
     redis = Redis.from_url(engines.redis_url)
     try:
         limiter = RateLimiter(redis)
-        policy = Policy.parse("unit", "20/second")
+        policy = RateLimitPolicy.parse("unit", "20/second")
         decisions = await asyncio.gather(*(limiter.hit(policy, "k") for _ in range(50)))
         assert sum(d.allowed for d in decisions) == 20
         assert sorted(d.remaining for d in decisions if d.allowed) == list(range(20))
@@ -207,7 +207,7 @@ async def test_leases_save_round_trips_and_never_exceed_the_limit(
 
     from redis.asyncio import Redis
 
-    from steward.platform.ratelimit import Policy, RateLimiter
+    from steward.platform.ratelimit import RateLimiter, RateLimitPolicy
 
     redis = Redis.from_url(engines.redis_url)
     round_trips = 0
@@ -229,7 +229,7 @@ async def test_leases_save_round_trips_and_never_exceed_the_limit(
             counted(RateLimiter(redis, max_lease=50)),
             counted(RateLimiter(redis, max_lease=50)),
         )
-        policy = Policy.parse("unit", "1000/hour")
+        policy = RateLimitPolicy.parse("unit", "1000/hour")
 
         async def burst() -> list[bool]:  # 100 concurrent requests on each side
             decisions = await asyncio.gather(
@@ -244,7 +244,9 @@ async def test_leases_save_round_trips_and_never_exceed_the_limit(
         # Leased requests count at once, so the two together admit the limit, no more.
         # (An hour's window: a run straddling two windows would be a 1-in-7,000 event.)
         assert sum(first) + sum(rest) == 1000
-        here_only = [await here.hit(Policy.parse("solo", "1000/hour"), "k") for _ in range(60)]
+        here_only = [
+            await here.hit(RateLimitPolicy.parse("solo", "1000/hour"), "k") for _ in range(60)
+        ]
         # The RateLimit header still counts down one by one within a process.
         remaining = [d.remaining for d in here_only]
         assert remaining == list(range(999, 939, -1))

@@ -71,7 +71,7 @@ async def token_policy(request: Request) -> TokenPolicy:
     return policy_of(request)
 
 
-Policy = Annotated[TokenPolicy, Depends(token_policy)]
+Tokens = Annotated[TokenPolicy, Depends(token_policy)]
 
 
 def _bind(request: HTTPConnection, principal: Principal) -> Principal:

@@ -85,7 +85,18 @@ async def profile_writer(principal: CurrentPrincipal) -> Account:
     return principal.user
 
 
+async def current_user_id(caller: OptionalPrincipal) -> uuid.UUID:
+    """The id of the user behind the call (the owner of what it reads and writes): a 401
+    without credentials, a 403 for the service key. Scopes are the endpoint's own
+    dependency (`requires`)."""
+    principal = _authenticated(caller)
+    if principal.user is None:
+        raise Forbidden("this endpoint acts for a user; the service key has no user")
+    return principal.user.id
+
+
 CurrentUser = Annotated[Account, Depends(current_user)]
+CurrentUserId = Annotated[uuid.UUID, Depends(current_user_id)]
 SessionUser = Annotated[Account, Depends(session_user)]
 ProfileWriter = Annotated[Account, Depends(profile_writer)]
 Admin = Annotated[Principal, Depends(admin)]

@@ -11,8 +11,7 @@ from starlette.requests import HTTPConnection
 from steward.accounts.authentication import Principal, authenticate
 from steward.accounts.lockout import Lockout
 from steward.platform.deps import resources_of
-from steward.platform.ratelimit import Decision, enforce
-from steward.platform.ratelimit import Policy as RateLimitPolicy
+from steward.platform.ratelimit import Decision, RateLimitPolicy, enforce
 
 
 def _attach(request: HTTPConnection, decision: Decision) -> None:

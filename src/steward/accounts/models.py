@@ -25,7 +25,7 @@ class User(TimestampedMixin, Base):
     __table_args__ = (CheckConstraint("role IN ('user', 'admin')", name="role"),)
 
 
-class Session(Base):
+class LoginSession(Base):
     """A login: the family of refresh tokens issued from one password sign-in."""
 
     __tablename__ = "sessions"

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response, status
 
 from steward.accounts import service
-from steward.accounts.authentication import Policy
+from steward.accounts.authentication import Tokens
 from steward.accounts.deps import (
     Admin,
     CredentialsForm,
@@ -63,7 +63,7 @@ async def register(user_in: UserCreate, session: Session) -> UserRead:
     dependencies=[Depends(limit_login)],
 )
 async def token(
-    form: CredentialsForm, session: Session, policy: Policy, lockout: SignInLockout
+    form: CredentialsForm, session: Session, policy: Tokens, lockout: SignInLockout
 ) -> TokenPair:
     user = await service.authenticate(
         session, email=form.username, password=form.password, lockout=lockout
@@ -77,7 +77,7 @@ async def token(
     dependencies=[RateLimited],
     responses=_401,
 )
-async def refresh(body: RefreshRequest, session: Session, policy: Policy) -> TokenPair:
+async def refresh(body: RefreshRequest, session: Session, policy: Tokens) -> TokenPair:
     return await service.refresh(session, token=body.refresh_token, policy=policy)
 
 
@@ -87,7 +87,7 @@ async def refresh(body: RefreshRequest, session: Session, policy: Policy) -> Tok
     summary="Revoke the session of a refresh token (holder of the refresh token)",
     dependencies=[RateLimited],
 )
-async def logout(body: RefreshRequest, session: Session, policy: Policy) -> Response:
+async def logout(body: RefreshRequest, session: Session, policy: Tokens) -> Response:
     await service.logout(session, token=body.refresh_token, policy=policy)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -130,7 +130,7 @@ async def create_api_key(
     user: SessionUser,
     principal: CurrentPrincipal,
     session: Session,
-    policy: Policy,
+    policy: Tokens,
 ) -> ApiKeyCreated:
     return await service.create_api_key(
         session,

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.accounts.lockout import Lockout
-from steward.accounts.models import ApiKey, RefreshToken, Session, User
+from steward.accounts.models import ApiKey, LoginSession, RefreshToken, User
 from steward.accounts.schemas import (
     AdminUserUpdate,
     ApiKeyCreate,
@@ -224,7 +224,7 @@ async def authenticate(
 
 
 async def _issue(
-    session: AsyncSession, *, user: User, login: Session, policy: TokenPolicy
+    session: AsyncSession, *, user: User, login: LoginSession, policy: TokenPolicy
 ) -> TokenPair:
     refresh = security.new_secret(REFRESH_PREFIX)
     session.add(
@@ -246,7 +246,7 @@ async def _issue(
 
 
 async def login(session: AsyncSession, *, user: User, policy: TokenPolicy) -> TokenPair:
-    new_login = Session(user_id=user.id)
+    new_login = LoginSession(user_id=user.id)
     session.add(new_login)
     await session.flush()
     log.info("session.created", user_id=str(user.id), session_id=str(new_login.id))
@@ -257,9 +257,9 @@ async def refresh(session: AsyncSession, *, token: str, policy: TokenPolicy) -> 
     digest = security.secret_digest(token, key=policy.digest_key)
     row = (
         await session.execute(
-            select(RefreshToken, Session, User)
-            .join(Session, Session.id == RefreshToken.session_id)
-            .join(User, User.id == Session.user_id)
+            select(RefreshToken, LoginSession, User)
+            .join(LoginSession, LoginSession.id == RefreshToken.session_id)
+            .join(User, User.id == LoginSession.user_id)
             .where(RefreshToken.token_hash == digest)
             .with_for_update(of=RefreshToken)
         )
@@ -285,8 +285,8 @@ async def logout(session: AsyncSession, *, token: str, policy: TokenPolicy) -> N
     digest = security.secret_digest(token, key=policy.digest_key)
     login_session = (
         await session.execute(
-            select(Session)
-            .join(RefreshToken, RefreshToken.session_id == Session.id)
+            select(LoginSession)
+            .join(RefreshToken, RefreshToken.session_id == LoginSession.id)
             .where(RefreshToken.token_hash == digest)
         )
     ).scalar_one_or_none()
@@ -294,7 +294,9 @@ async def logout(session: AsyncSession, *, token: str, policy: TokenPolicy) -> N
         await revoke_session(session, login_session, reason="logout")
 
 
-async def revoke_session(session: AsyncSession, login_session: Session, *, reason: str) -> None:
+async def revoke_session(
+    session: AsyncSession, login_session: LoginSession, *, reason: str
+) -> None:
     if login_session.revoked_at is None:
         login_session.revoked_at = _now()
         login_session.revoked_reason = reason
@@ -306,12 +308,12 @@ async def revoke_sessions(
     session: AsyncSession, *, user_id: uuid.UUID, keep: uuid.UUID | None, reason: str
 ) -> int:
     query = (
-        update(Session)
-        .where(Session.user_id == user_id, Session.revoked_at.is_(None))
+        update(LoginSession)
+        .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None))
         .values(revoked_at=_now(), revoked_reason=reason)
     )
     if keep is not None:
-        query = query.where(Session.id != keep)
+        query = query.where(LoginSession.id != keep)
     result = await session.execute(query)
     after_commit(session).invalidate(user_namespace(user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -323,12 +325,12 @@ async def active_session_user(
     """The user behind an access token, if both the user and its session are still live."""
     result = await session.execute(
         select(User)
-        .join(Session, Session.user_id == User.id)
+        .join(LoginSession, LoginSession.user_id == User.id)
         .where(
             User.id == user_id,
             User.is_active.is_(True),
-            Session.id == session_id,
-            Session.revoked_at.is_(None),
+            LoginSession.id == session_id,
+            LoginSession.revoked_at.is_(None),
         )
     )
     return result.scalar_one_or_none()

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from steward.accounts.authentication import Principal
-from steward.accounts.deps import requires
+from steward.accounts.deps import CurrentUserId, requires
 from steward.accounts.limits import limit
 from steward.assistant import service
 from steward.assistant.models import Conversation
@@ -18,11 +18,6 @@ from steward.platform.deps import Session, resources_of
 
 AssistantUser = Annotated[Principal, Depends(requires("assistant"))]
 ConversationId = Annotated[uuid.UUID, Path(description="the conversation's id")]
-
-
-def user_id_of(principal: Principal) -> uuid.UUID:
-    assert principal.user_id is not None  # `requires` guarantees a user behind the call
-    return principal.user_id
 
 
 def sender_of(principal: Principal) -> Sender:
@@ -37,11 +32,11 @@ def sender_of(principal: Principal) -> Sender:
 
 
 async def owned_conversation(
-    conversation_id: ConversationId, principal: AssistantUser, session: Session
+    conversation_id: ConversationId, _: AssistantUser, owner_id: CurrentUserId, session: Session
 ) -> Conversation:
     """The caller's conversation; anyone else's is a 404, as if it did not exist."""
     return await service.get_conversation(
-        session, owner_id=user_id_of(principal), conversation_id=conversation_id
+        session, owner_id=owner_id, conversation_id=conversation_id
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 
-from steward.accounts.deps import CurrentUser, ProfileWriter
+from steward.accounts.deps import CurrentUser, CurrentUserId, ProfileWriter
 from steward.accounts.limits import RateLimited
 from steward.accounts.sockets import accept_socket
 from steward.notifications import service, webhooks
@@ -26,7 +26,7 @@ from steward.notifications.schemas import (
     WebhookSet,
 )
 from steward.platform.api import API_V1
-from steward.platform.deps import Session, Settings, resources_of
+from steward.platform.deps import AppSettings, Session, resources_of
 from steward.platform.pagination import Cursor, Limit, Page
 from steward.platform.sockets import CLOSE_SLOW_CONSUMER
 from steward.platform.streaming import open_socket, sse_event, sse_response
@@ -42,23 +42,22 @@ notifications = APIRouter(
 
 @notifications.get("", summary="List own notifications, newest first (scope todos:read)")
 async def list_notifications(
-    principal: TodosReader,
+    _: TodosReader,
+    user_id: CurrentUserId,
     session: Session,
     unread: bool | None = None,
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> Page[NotificationRead]:
-    assert principal.user_id is not None
     rows, next_cursor = await service.list_for(
-        session, user_id=principal.user_id, unread=unread, limit=limit, cursor=cursor
+        session, user_id=user_id, unread=unread, limit=limit, cursor=cursor
     )
     return Page(items=[NotificationRead.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @notifications.post("/read-all", summary="Mark every own notification read (scope todos:read)")
-async def read_all(principal: TodosReader, session: Session) -> ReadAll:
-    assert principal.user_id is not None
-    return ReadAll(marked=await service.mark_all_read(session, user_id=principal.user_id))
+async def read_all(_: TodosReader, user_id: CurrentUserId, session: Session) -> ReadAll:
+    return ReadAll(marked=await service.mark_all_read(session, user_id=user_id))
 
 
 @notifications.post(
@@ -67,11 +66,10 @@ async def read_all(principal: TodosReader, session: Session) -> ReadAll:
     responses={404: {"description": "no such notification of yours"}},
 )
 async def read_one(
-    notification_id: uuid.UUID, principal: TodosReader, session: Session
+    notification_id: uuid.UUID, _: TodosReader, user_id: CurrentUserId, session: Session
 ) -> NotificationRead:
-    assert principal.user_id is not None
     notification = await service.mark_read(
-        session, user_id=principal.user_id, notification_id=notification_id
+        session, user_id=user_id, notification_id=notification_id
     )
     return NotificationRead.model_validate(notification)
 
@@ -82,7 +80,7 @@ async def read_one(
     "profile:write)",
 )  # fmt: skip
 async def set_webhook(body: WebhookSet, user: ProfileWriter, session: Session,
-                      settings: Settings) -> WebhookCreated:  # fmt: skip
+                      settings: AppSettings) -> WebhookCreated:  # fmt: skip
     webhook = await webhooks.set_webhook(
         session, user_id=user.id, url=str(body.url), settings=settings
     )
@@ -157,12 +155,12 @@ async def _drain(websocket: WebSocket) -> None:
     dependencies=[RateLimited],
     responses={200: {"content": {"text/event-stream": {}}, "description": "the user's events"}},
 )
-async def realtime_events(request: Request, principal: TodosReader) -> Response:
+async def realtime_events(request: Request, _: TodosReader, user_id: CurrentUserId) -> Response:
     # Authentication and the scope check are dependencies: they answer 401/403 before the
     # first event (inside the generator, an error would arrive as an empty 200 stream).
     settings = resources_of(request).settings
     return sse_response(
-        _events(request, str(principal.user_id)), transport="sse",
+        _events(request, str(user_id)), transport="sse",
         lifetime_s=settings.realtime_max_lifetime_s, ping_s=settings.realtime_heartbeat_s,
     )  # fmt: skip
 

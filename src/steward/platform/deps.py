@@ -6,13 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from redis.asyncio import Redis as _Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
-from steward.platform.cache import Cache as _Cache
 from steward.platform.resources import Resources
-from steward.settings import Settings as _Settings
+from steward.settings import Settings
 
 # Every dependency here is `async def`, even when it awaits nothing: FastAPI runs plain
 # `def` dependencies in its thread pool, a thread hop per call that caps throughput.
@@ -27,16 +25,8 @@ async def get_resources(request: Request) -> Resources:
     return resources_of(request)
 
 
-async def get_settings(request: Request) -> _Settings:
+async def get_settings(request: Request) -> Settings:
     return resources_of(request).settings
-
-
-async def get_redis(request: Request) -> _Redis:
-    return resources_of(request).redis
-
-
-async def get_cache(request: Request) -> _Cache:
-    return resources_of(request).cache
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -46,9 +36,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-Settings = Annotated[_Settings, Depends(get_settings)]
-Redis = Annotated[_Redis, Depends(get_redis)]
-Cache = Annotated[_Cache, Depends(get_cache)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
 # scope="function": commit (or roll back) as soon as the endpoint returns, so a failed
 # commit becomes an error response instead of a 2xx for data that was never saved.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -80,7 +80,7 @@ class _Lease:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class RateLimitPolicy:
     name: str
     item: RateLimitItem
     fail_open: bool = True
@@ -90,13 +90,13 @@ class Policy:
         return int(self.item.get_expiry())
 
     @classmethod
-    def parse(cls, name: str, spec: str, *, fail_open: bool = True) -> Policy:
+    def parse(cls, name: str, spec: str, *, fail_open: bool = True) -> RateLimitPolicy:
         return cls(name=name, item=parse(spec), fail_open=fail_open)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    policy: Policy
+    policy: RateLimitPolicy
     allowed: bool
     remaining: int
     reset_s: int
@@ -125,7 +125,7 @@ class RateLimiter:
         self._leases: dict[str, _Lease] = {}
         self._leasing = SingleFlight()
 
-    async def hit(self, policy: Policy, key: str, *, cost: int = 1) -> Decision:
+    async def hit(self, policy: RateLimitPolicy, key: str, *, cost: int = 1) -> Decision:
         """Count one request against `key`; the decision says whether it may proceed."""
         name = f"{self._prefix}:{policy.name}:{key}"
         if self.max_lease <= cost:
@@ -147,7 +147,7 @@ class RateLimiter:
         )
         return decision
 
-    def _from_lease(self, policy: Policy, name: str, cost: int) -> Decision | None:
+    def _from_lease(self, policy: RateLimitPolicy, name: str, cost: int) -> Decision | None:
         lease = self._leases.get(name)
         if lease is None:
             return None
@@ -165,7 +165,7 @@ class RateLimiter:
         )
 
     async def _ask(
-        self, policy: Policy, name: str, cost: int, *, lease: bool
+        self, policy: RateLimitPolicy, name: str, cost: int, *, lease: bool
     ) -> tuple[Decision, bool]:
         """One round trip to Redis; the decision, and whether a lease was kept."""
         try:
@@ -196,7 +196,7 @@ class RateLimiter:
                 self._leases.clear()  # unspent leases simply lapse: never over the limit
         self._leases[name] = _Lease(tokens=tokens, remaining=remaining, until=now + reset_s)
 
-    def _unchecked(self, policy: Policy, exc: Exception) -> Decision:
+    def _unchecked(self, policy: RateLimitPolicy, exc: Exception) -> Decision:
         STORAGE_ERRORS.labels(policy.name).inc()
         DECISIONS.labels(policy.name, "unchecked").inc()
         now = time.monotonic()

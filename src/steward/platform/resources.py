@@ -21,7 +21,7 @@ from steward.platform import db
 from steward.platform.cache import Cache
 from steward.platform.proxies import Network, parse_networks
 from steward.platform.pubsub import publish_all
-from steward.platform.ratelimit import Policy, RateLimiter
+from steward.platform.ratelimit import RateLimiter, RateLimitPolicy
 from steward.platform.redis import create_redis, create_request_redis
 from steward.platform.transactions import AfterCommit, Dispatcher, open_transaction
 from steward.settings import Settings
@@ -29,29 +29,26 @@ from steward.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class RateLimitPolicies:
-    anonymous: Policy
-    authenticated: Policy
-    login: Policy
-    register: Policy
-    assistant: Policy
+    anonymous: RateLimitPolicy
+    authenticated: RateLimitPolicy
+    login: RateLimitPolicy
+    register: RateLimitPolicy
+    assistant: RateLimitPolicy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimitPolicies:
-        fail_open = settings.rate_limit_fail_open
+        parse = RateLimitPolicy.parse
+        fail_open, sign_in_fail_open = (
+            settings.rate_limit_fail_open, settings.rate_limit_login_fail_open
+        )  # fmt: skip
         return cls(
-            anonymous=Policy.parse("anonymous", settings.rate_limit_anonymous, fail_open=fail_open),
-            authenticated=Policy.parse(
+            anonymous=parse("anonymous", settings.rate_limit_anonymous, fail_open=fail_open),
+            authenticated=parse(
                 "authenticated", settings.rate_limit_authenticated, fail_open=fail_open
             ),
-            login=Policy.parse(
-                "login", settings.rate_limit_login, fail_open=settings.rate_limit_login_fail_open
-            ),
-            register=Policy.parse(
-                "register",
-                settings.rate_limit_register,
-                fail_open=settings.rate_limit_login_fail_open,
-            ),
-            assistant=Policy.parse("assistant", settings.rate_limit_assistant, fail_open=fail_open),
+            login=parse("login", settings.rate_limit_login, fail_open=sign_in_fail_open),
+            register=parse("register", settings.rate_limit_register, fail_open=sign_in_fail_open),
+            assistant=parse("assistant", settings.rate_limit_assistant, fail_open=fail_open),
         )
 
 

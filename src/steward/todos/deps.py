@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path
 
 from steward.accounts.authentication import Principal
-from steward.accounts.deps import requires
+from steward.accounts.deps import CurrentUserId, requires
 from steward.platform.deps import Session
 from steward.todos import service
 from steward.todos.models import Todo
@@ -18,16 +18,12 @@ TodosWriter = Annotated[Principal, Depends(requires("todos:write"))]
 TodoId = Annotated[uuid.UUID, Path(description="the todo's id")]
 
 
-def _owner(principal: Principal) -> uuid.UUID:
-    owner = principal.user_id
-    assert owner is not None  # requires() guarantees a user
-    return owner
-
-
-async def owned_todo_for_update(todo_id: TodoId, principal: TodosWriter, session: Session) -> Todo:
+async def owned_todo_for_update(
+    todo_id: TodoId, _: TodosWriter, owner_id: CurrentUserId, session: Session
+) -> Todo:
     # Row lock: concurrent writers queue up, so versions increase one at a time and an
     # If-Match check cannot race with another update.
-    return await service.get(session, owner_id=_owner(principal), todo_id=todo_id, for_update=True)
+    return await service.get(session, owner_id=owner_id, todo_id=todo_id, for_update=True)
 
 
 OwnedTodoForUpdate = Annotated[Todo, Depends(owned_todo_for_update)]
@@ -45,4 +41,3 @@ IdempotencyKey = Annotated[
         description="repeat-safe creation: same key and body within 24 h returns the first result",
     ),
 ]
-owner_of = _owner

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response, status
 
+from steward.accounts.deps import CurrentUserId
 from steward.accounts.limits import RateLimited
 from steward.platform.api import API_V1, QueryModel
 from steward.platform.deps import Session, resources_of
@@ -19,7 +20,6 @@ from steward.todos.deps import (
     TodoId,
     TodosReader,
     TodosWriter,
-    owner_of,
 )
 from steward.todos.models import Todo
 from steward.todos.schemas import TodoCreate, TodoListQuery, TodoRead, TodoSort, TodoUpdate
@@ -50,14 +50,15 @@ def _read(todo: Todo, response: Response) -> TodoRead:
 )
 async def create_todo(
     todo_in: TodoCreate,
-    principal: TodosWriter,
+    _: TodosWriter,
+    owner_id: CurrentUserId,
     session: Session,
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TodoRead:
     created = await service.create(
-        session, owner_id=owner_of(principal), todo_in=todo_in, idempotency_key=idempotency_key
+        session, owner_id=owner_id, todo_in=todo_in, idempotency_key=idempotency_key
     )
     body = TodoRead.model_validate(created.body)
     response.headers["ETag"] = f'"{body.version}"'
@@ -74,7 +75,8 @@ _LIST_QUERY = QueryModel(TodoListQuery)
             responses=_AUTH, response_model=Page[TodoRead],
             openapi_extra=_LIST_QUERY.openapi_extra)  # fmt: skip
 async def list_todos(
-    principal: TodosReader,
+    _: TodosReader,
+    owner_id: CurrentUserId,
     request: Request,
     query: Annotated[TodoListQuery, Depends(_LIST_QUERY)],
 ) -> Page[TodoRead] | Response:
@@ -93,7 +95,7 @@ async def list_todos(
         page = await service.first_page_cached(
             resources.transaction,
             resources.cache,
-            owner_id=owner_of(principal),
+            owner_id=owner_id,
             limit=limit,
             ttl_s=resources.settings.cache_ttl_s,
         )
@@ -103,7 +105,7 @@ async def list_todos(
     async with resources.transaction() as session:
         todos, next_cursor = await service.list_todos(
             session,
-            owner_id=owner_of(principal),
+            owner_id=owner_id,
             filters=filters,
             sort=sort,
             limit=limit,
@@ -115,13 +117,13 @@ async def list_todos(
 @router.get("/{todo_id}", summary="Read one own todo, with its ETag (scope todos:read)",
             responses=_ONE)  # fmt: skip
 async def read_todo(
-    todo_id: TodoId, principal: TodosReader, request: Request, response: Response
+    todo_id: TodoId, _: TodosReader, owner_id: CurrentUserId, request: Request, response: Response
 ) -> TodoRead:
     resources = resources_of(request)
     body = await service.read_cached(
         resources.sessionmaker,
         resources.cache,
-        owner_id=owner_of(principal),
+        owner_id=owner_id,
         todo_id=todo_id,
         ttl_s=resources.settings.cache_ttl_s,
     )

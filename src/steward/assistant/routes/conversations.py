@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
+from steward.accounts.deps import CurrentUserId
 from steward.accounts.limits import RateLimited
 from steward.assistant import service
-from steward.assistant.deps import AssistantUser, OwnedConversation, user_id_of
+from steward.assistant.deps import AssistantUser, OwnedConversation
 from steward.assistant.schemas import (
     ConversationCreate,
     ConversationRead,
@@ -29,19 +30,21 @@ MESSAGE_CURSOR = re.compile(r"^[0-9]{1,18}$")
 @router.post("/conversations", status_code=status.HTTP_201_CREATED, response_model=ConversationRead,
              summary="Start a conversation (scope assistant)")  # fmt: skip
 async def create_conversation(
-    body: ConversationCreate, principal: AssistantUser, session: Session
+    body: ConversationCreate, _: AssistantUser, owner_id: CurrentUserId, session: Session
 ) -> Any:
-    return await service.create_conversation(
-        session, owner_id=user_id_of(principal), title=body.title
-    )
+    return await service.create_conversation(session, owner_id=owner_id, title=body.title)
 
 
 @router.get("/conversations", summary="Own conversations, newest first (scope assistant)")
 async def list_conversations(
-    principal: AssistantUser, session: Session, limit: Limit = 20, cursor: Cursor = None
+    _: AssistantUser,
+    owner_id: CurrentUserId,
+    session: Session,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> Page[ConversationRead]:
     rows, next_cursor = await service.list_conversations(
-        session, owner_id=user_id_of(principal), limit=limit, cursor=cursor
+        session, owner_id=owner_id, limit=limit, cursor=cursor
     )
     return Page(items=[ConversationRead.model_validate(r) for r in rows], next_cursor=next_cursor)
 

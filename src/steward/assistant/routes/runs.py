@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from steward.accounts.deps import CurrentUserId
 from steward.accounts.limits import RateLimited
 from steward.assistant import runs, service
 from steward.assistant.deps import (
@@ -20,7 +21,6 @@ from steward.assistant.deps import (
     Followers,
     Runs,
     sender_of,
-    user_id_of,
 )
 from steward.assistant.schemas import MessageCreate, Reply, RunRead, UsageDayRead, UsageReport
 from steward.assistant.streams import RunEvent
@@ -101,6 +101,7 @@ async def post_message(
     conversation_id: ConversationId,
     body: MessageCreate,
     principal: AssistantUser,
+    owner_id: CurrentUserId,
     active: Runs,
 ) -> Response:
     resources = resources_of(request)
@@ -120,7 +121,7 @@ async def post_message(
     )
     if "text/event-stream" in request.headers.get("accept", ""):
         return _stream(resources, live.batches(MAX_BATCH), live.run_id, "assistant-sse")
-    reply = await runs.reply(resources, live, owner_id=user_id_of(principal))
+    reply = await runs.reply(resources, live, owner_id=owner_id)
     return Response(reply.model_dump_json(), media_type="application/json")
 
 
@@ -129,18 +130,18 @@ async def post_message(
     response_model=RunRead,
     summary="A run: status, usage, final message (scope assistant)",
 )
-async def get_run(run_id: uuid.UUID, principal: AssistantUser, session: Session) -> Any:
-    return await service.read_run(session, owner_id=user_id_of(principal), run_id=run_id)
+async def get_run(
+    run_id: uuid.UUID, _: AssistantUser, owner_id: CurrentUserId, session: Session
+) -> Any:
+    return await service.read_run(session, owner_id=owner_id, run_id=run_id)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Stop a run wherever it executes (scope assistant)")  # fmt: skip
 async def cancel_run(
-    request: Request, run_id: uuid.UUID, principal: AssistantUser, active: Runs
+    request: Request, run_id: uuid.UUID, _: AssistantUser, owner_id: CurrentUserId, active: Runs
 ) -> Any:
-    return await runs.cancel(
-        resources_of(request), active, owner_id=user_id_of(principal), run_id=run_id
-    )
+    return await runs.cancel(resources_of(request), active, owner_id=owner_id, run_id=run_id)
 
 
 @router.get(
@@ -152,7 +153,8 @@ async def cancel_run(
 async def run_events(
     request: Request,
     run_id: uuid.UUID,
-    principal: AssistantUser,
+    _: AssistantUser,
+    owner_id: CurrentUserId,
     followers: Followers,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[str | None, Query(max_length=48)] = None,
@@ -165,7 +167,7 @@ async def run_events(
         )
     resources = resources_of(request)
     batches = await runs.follow(
-        resources, followers, owner_id=user_id_of(principal), run_id=run_id, after=after,
+        resources, followers, owner_id=owner_id, run_id=run_id, after=after,
         batch=MAX_BATCH,
     )  # fmt: skip
     return _stream(resources, batches, run_id, "run-sse")
@@ -174,12 +176,13 @@ async def run_events(
 @router.get("/usage", summary="Own token usage per day and API key, with quotas (scope assistant)")
 async def usage(
     request: Request,
-    principal: AssistantUser,
+    _: AssistantUser,
+    user_id: CurrentUserId,
     session: Session,
     days: Annotated[int, Query(ge=1, le=90)] = 30,
 ) -> UsageReport:
     settings = resources_of(request).settings
-    rows = await service.usage_days(session, user_id=user_id_of(principal), days=days)
+    rows = await service.usage_days(session, user_id=user_id, days=days)
     today = datetime.now(UTC).date()
     total = sum(row.total_tokens for row in rows if row.day == today)
     quota = settings.assistant_daily_tokens_per_user
