@@ -404,14 +404,16 @@ async def _create_user(settings: Settings, user_in: object, *, admin: bool) -> s
     from steward.accounts.schemas import UserCreate
     from steward.accounts.scopes import Role
     from steward.platform.resources import Resources
+    from steward.platform.security import Passwords
 
     assert isinstance(user_in, UserCreate)
     resources = Resources.open(settings)
     try:
         async with resources.transaction() as session:
             user = await service.create(
-                session, user_in=user_in, role=Role.ADMIN if admin else Role.USER
-            )
+                session, user_in=user_in, passwords=resources.get(Passwords),
+                role=Role.ADMIN if admin else Role.USER,
+            )  # fmt: skip
             return str(user.id)
     finally:
         await resources.close()

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Secrets. `*_FILE` variants let orchestrators mount secrets as files.
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     secret_key_file: Path | None = None
+    # argon2id cost (argon2-cffi's defaults); production refuses less than OWASP's minimum
+    # (19 MiB, 2 passes). Lower only for tests: each sign-in verifies one hash.
+    password_hash_time_cost: int = Field(default=3, ge=1, le=10)
+    password_hash_memory_kib: int = Field(default=65_536, ge=8, le=1_048_576)
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
 
@@ -339,6 +343,10 @@ class Settings(BaseSettings):
             raise ConfigError(f"{', '.join(missing)} must be set when ENVIRONMENT=prod")
         if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
             raise ConfigError("API_KEY is shorter than 16 characters")
+        if self.password_hash_memory_kib < 19_456 or self.password_hash_time_cost < 2:
+            raise ConfigError(
+                "PASSWORD_HASH_MEMORY_KIB >= 19456 and PASSWORD_HASH_TIME_COST >= 2 in production"
+            )
 
     def require_engines(self) -> tuple[str, str]:
         """The database and Redis URLs, or a ConfigError saying how to get them."""

@@ -87,6 +87,7 @@ async def _start_streaming(
     return await asyncio.wait_for(started, 10), task
 
 
+@pytest.mark.slow
 async def test_resuming_on_another_instance_loses_and_repeats_nothing(
     engines: EngineSet, fake: ServedFake
 ) -> None:
@@ -141,6 +142,7 @@ async def test_resuming_on_another_instance_loses_and_repeats_nothing(
         assert final["message"]["content"].split() == [f"t{i}" for i in range(60)]
 
 
+@pytest.mark.slow
 async def test_many_readers_share_one_redis_connection(
     engines: EngineSet, fake: ServedFake
 ) -> None:
@@ -193,6 +195,7 @@ async def _ask_in_background(
     return alice, accepted
 
 
+@pytest.mark.slow
 async def test_background_run_is_executed_by_a_worker(
     engines: EngineSet, fake: ServedFake, assistant_worker: tuple[Celery, Any]
 ) -> None:
@@ -222,6 +225,7 @@ async def test_background_run_is_executed_by_a_worker(
     assert lines[-1]["task"] == "steward.assistant.run"
 
 
+@pytest.mark.slow
 async def test_a_worker_killed_mid_run_leaves_the_run_failed_not_running(
     engines: EngineSet, fake: ServedFake, assistant_worker: tuple[Celery, subprocess.Popen[bytes]]
 ) -> None:
@@ -250,6 +254,7 @@ async def test_a_worker_killed_mid_run_leaves_the_run_failed_not_running(
         assert json.loads(events[-1][2])["status"] == "failed"
 
 
+@pytest.mark.slow
 async def test_orphaned_runs_are_reaped(engines: EngineSet, fake: ServedFake) -> None:
     settings = assistant_settings(engines, fake.url)
     async with live_server(settings) as base, httpx.AsyncClient(base_url=base) as http:
@@ -276,6 +281,7 @@ async def test_orphaned_runs_are_reaped(engines: EngineSet, fake: ServedFake) ->
         assert statuses == {old.id: "failed", fresh.id: "queued"}
 
 
+@pytest.mark.slow
 async def test_cancelling_a_queued_background_run_closes_it(
     engines: EngineSet, fake: ServedFake
 ) -> None:

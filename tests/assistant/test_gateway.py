@@ -26,6 +26,7 @@ async def _key(http: httpx.AsyncClient, account: Account, scopes: list[str]) -> 
     return str(created.json()["secret"])
 
 
+@pytest.mark.slow
 async def test_the_official_sdk_works_against_the_gateway(
     engines: EngineSet, fake: ServedFake
 ) -> None:
@@ -95,6 +96,7 @@ def fake_usage_total(fake: ServedFake) -> int:
     return prompt + len(DEFAULT_REPLY.split(" "))
 
 
+@pytest.mark.slow
 async def test_gateway_errors_use_openais_shape(engines: EngineSet, fake: ServedFake) -> None:
     async with (
         live_server(assistant_settings(engines, fake.url)) as base,
@@ -135,6 +137,7 @@ async def test_gateway_errors_use_openais_shape(engines: EngineSet, fake: Served
             )
 
 
+@pytest.mark.slow
 async def test_daily_quota_refuses_before_calling_the_provider(
     engines: EngineSet, fake: ServedFake
 ) -> None:

@@ -33,6 +33,7 @@ async def _run_status(http: httpx.AsyncClient, headers: dict[str, str], run_id: 
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_client_disconnect_cancels_the_run(engines: EngineSet, fake: ServedFake) -> None:
     fake.script(Script(text=" ".join(f"w{i}" for i in range(200)), delay_s=0.02))
     async with (
@@ -62,6 +63,7 @@ async def test_client_disconnect_cancels_the_run(engines: EngineSet, fake: Serve
         assert run["message"] is None
 
 
+@pytest.mark.slow
 async def test_websocket_streams_a_run_and_cancels_another(
     engines: EngineSet, fake: ServedFake
 ) -> None:
@@ -100,6 +102,7 @@ async def test_websocket_streams_a_run_and_cancels_another(
         assert run["status"] == "cancelled"
 
 
+@pytest.mark.slow
 async def test_websocket_close_codes(engines: EngineSet, fake: ServedFake) -> None:
     settings = assistant_settings(engines, fake.url, rate_limit_assistant="1/minute")
     async with live_server(settings) as base, httpx.AsyncClient(base_url=base) as http:
@@ -132,6 +135,7 @@ async def test_websocket_close_codes(engines: EngineSet, fake: ServedFake) -> No
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
 
 
+@pytest.mark.slow
 async def test_cancel_endpoint_stops_a_run_from_another_process(
     engines: EngineSet, fake: ServedFake
 ) -> None:
@@ -170,6 +174,7 @@ async def test_cancel_endpoint_stops_a_run_from_another_process(
         assert (await http_b.post(cancel, headers=alice.headers)).status_code == 409
 
 
+@pytest.mark.slow
 async def test_chat_demo_streams_plain_data_lines(engines: EngineSet, fake: ServedFake) -> None:
     settings = assistant_settings(engines, fake.url, api_key="demo-key-0123456789")
     async with live_server(settings) as base, httpx.AsyncClient(base_url=base) as http:
@@ -186,6 +191,7 @@ async def test_chat_demo_streams_plain_data_lines(engines: EngineSet, fake: Serv
     assert "".join(line["token"] for line in lines[:-1]) == DEFAULT_REPLY
 
 
+@pytest.mark.slow
 async def test_chat_demo_needs_credentials_in_production(
     engines: EngineSet, fake: ServedFake
 ) -> None:

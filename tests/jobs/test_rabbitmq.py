@@ -34,6 +34,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.slow
 def test_rejected_task_reaches_rabbitmqs_dead_letter_queue(engines: EngineSet) -> None:
     with running_worker(engines, broker=AMQP_URL) as (client, _), Connection(AMQP_URL) as amqp:
         channel = amqp.default_channel

@@ -40,6 +40,7 @@ async def _drain_until_closed(ws: Any) -> None:
         await asyncio.wait_for(ws.recv(), 3)
 
 
+@pytest.mark.slow
 async def test_todo_on_one_instance_reaches_a_socket_on_another(engines: EngineSet) -> None:
     settings = make_settings(engines)
     async with (
@@ -64,6 +65,7 @@ async def test_todo_on_one_instance_reaches_a_socket_on_another(engines: EngineS
             assert event["todo"]["title"] == "live"  # bob's todo never arrived first
 
 
+@pytest.mark.slow
 async def test_socket_auth_and_scope_close_codes(engines: EngineSet) -> None:
     async with live_server(make_settings(engines)) as base:
         async with httpx.AsyncClient(base_url=base) as http:
@@ -97,6 +99,7 @@ async def test_socket_auth_and_scope_close_codes(engines: EngineSet) -> None:
             assert (await _next_of(ws, "ready"))["user_id"] == alice.id
 
 
+@pytest.mark.slow
 async def test_heartbeats_and_lifetime(engines: EngineSet) -> None:
     settings = make_settings(engines, realtime_heartbeat_s=0.2, realtime_max_lifetime_s=1.0)
     async with live_server(settings) as base:
@@ -111,6 +114,7 @@ async def test_heartbeats_and_lifetime(engines: EngineSet) -> None:
             assert closed.value.rcvd.code == 4000
 
 
+@pytest.mark.slow
 async def test_sse_twin_streams_events_without_holding_a_db_connection(
     engines: EngineSet,
 ) -> None:

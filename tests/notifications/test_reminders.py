@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
+import pytest
 from celery import Celery
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -119,6 +120,7 @@ async def test_notifications_api(client: httpx.AsyncClient, app: FastAPI) -> Non
     assert (await client.get("/api/v1/notifications", headers=bob.headers)).json()["items"] == []
 
 
+@pytest.mark.slow
 async def test_sweep_task_runs_on_the_worker(worker: Celery, client: httpx.AsyncClient) -> None:
     alice = await make_account(client)
     await client.post(

@@ -106,6 +106,7 @@ async def test_webhook_is_the_owners_and_its_secret_is_shown_once(
     assert (await client.get(HOOK, headers=alice.headers)).status_code == 404
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [{"webhook_allow_private": True}], indirect=True)
 async def test_reminder_is_delivered_signed(
     client: httpx.AsyncClient, receiver: Receiver, webhook_worker: Celery
@@ -127,6 +128,7 @@ async def test_reminder_is_delivered_signed(
     assert headers["steward-delivery"] == event["id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [{"webhook_allow_private": True}], indirect=True)
 async def test_failing_endpoint_is_retried_then_dead_lettered(
     client: httpx.AsyncClient, app: FastAPI, receiver: Receiver, webhook_worker: Celery

@@ -63,6 +63,8 @@ def test_prod_accepts_complete_settings() -> None:
         ({"database_url": None}, "DATABASE_URL must be set"),
         ({"redis_url": None}, "REDIS_URL must be set"),
         ({"api_key": "tiny"}, "API_KEY is shorter"),
+        ({"password_hash_memory_kib": 1024}, "PASSWORD_HASH_MEMORY_KIB >= 19456"),
+        ({"password_hash_time_cost": 1}, "PASSWORD_HASH_TIME_COST >= 2"),
     ],
 )
 def test_prod_refuses_unsafe_settings_with_one_line(change: dict[str, object], reason: str) -> None:

@@ -9,16 +9,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Form
+from fastapi import Depends, Form, Request
 
 from steward.accounts import service
 from steward.accounts.authentication import Principal, optional_principal
 from steward.accounts.models import User
 from steward.accounts.scopes import ALL_SCOPES, Role
 from steward.accounts.service import Account
-from steward.platform.deps import Session
+from steward.platform.deps import Session, resources_of
 from steward.platform.errors import Forbidden, NotFound, Unauthorized
 from steward.platform.inputs import Text
+from steward.platform.security import Passwords
 
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 
@@ -129,3 +130,10 @@ async def password_form(
 
 
 CredentialsForm = Annotated[PasswordForm, Depends(password_form)]
+
+
+async def password_hashing(request: Request) -> Passwords:
+    return resources_of(request).get(Passwords)
+
+
+PasswordHashing = Annotated[Passwords, Depends(password_hashing)]

@@ -15,6 +15,7 @@ from steward.accounts.deps import (
     CurrentPrincipal,
     CurrentUser,
     ManagedUser,
+    PasswordHashing,
     ProfileWriter,
     SessionUser,
 )
@@ -52,8 +53,10 @@ _403: dict[int | str, dict[str, Any]] = {403: {"description": "authenticated, bu
     dependencies=[Depends(limit_register)],
     responses={409: {"description": "email already registered"}},
 )
-async def register(user_in: UserCreate, session: Session) -> UserRead:
-    return UserRead.model_validate(await service.create(session, user_in=user_in))
+async def register(user_in: UserCreate, session: Session, passwords: PasswordHashing) -> UserRead:
+    return UserRead.model_validate(
+        await service.create(session, user_in=user_in, passwords=passwords)
+    )
 
 
 @auth.post(
@@ -63,11 +66,16 @@ async def register(user_in: UserCreate, session: Session) -> UserRead:
     dependencies=[Depends(limit_login)],
 )
 async def token(
-    form: CredentialsForm, session: Session, policy: Tokens, lockout: SignInLockout
+    form: CredentialsForm,
+    session: Session,
+    policy: Tokens,
+    lockout: SignInLockout,
+    passwords: PasswordHashing,
 ) -> TokenPair:
     user = await service.authenticate(
-        session, email=form.username, password=form.password, lockout=lockout
-    )
+        session, email=form.username, password=form.password, passwords=passwords,
+        lockout=lockout,
+    )  # fmt: skip
     return await service.login(session, user=user, policy=policy)
 
 
@@ -106,7 +114,11 @@ async def read_me(user: CurrentUser) -> Response:
     responses={**_401, **_403},
 )
 async def update_me(
-    change: UserUpdate, principal: CurrentPrincipal, user: ProfileWriter, session: Session
+    change: UserUpdate,
+    principal: CurrentPrincipal,
+    user: ProfileWriter,
+    session: Session,
+    passwords: PasswordHashing,
 ) -> UserRead:
     if change.new_password is not None and principal.session_id is None:
         raise Forbidden("changing the password needs a signed-in session, not an API key")
@@ -114,8 +126,9 @@ async def update_me(
     if stored is None:
         raise Unauthorized("account no longer exists")
     updated = await service.update_me(
-        session, user=stored, change=change, current_session=principal.session_id
-    )
+        session, user=stored, change=change, current_session=principal.session_id,
+        passwords=passwords,
+    )  # fmt: skip
     return UserRead.model_validate(updated)
 
 

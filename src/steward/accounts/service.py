@@ -32,6 +32,8 @@ from steward.platform.errors import (
     UnprocessableContent,
 )
 from steward.platform.pagination import newest_first
+from steward.platform.resources import provide
+from steward.platform.security import Passwords
 from steward.platform.transactions import after_commit
 
 log = structlog.get_logger(__name__)
@@ -128,8 +130,10 @@ async def get(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await session.get(User, user_id)
 
 
-async def create(session: AsyncSession, *, user_in: UserCreate, role: Role = Role.USER) -> User:
-    password_hash = await security.hash_password(user_in.password.get_secret_value())
+async def create(
+    session: AsyncSession, *, user_in: UserCreate, passwords: Passwords, role: Role = Role.USER
+) -> User:
+    password_hash = await passwords.hash(user_in.password.get_secret_value())
     user = User(
         email=user_in.email,
         password_hash=password_hash,
@@ -148,13 +152,18 @@ async def create(session: AsyncSession, *, user_in: UserCreate, role: Role = Rol
 
 
 async def update_me(
-    session: AsyncSession, *, user: User, change: UserUpdate, current_session: uuid.UUID | None
+    session: AsyncSession,
+    *,
+    user: User,
+    change: UserUpdate,
+    current_session: uuid.UUID | None,
+    passwords: Passwords,
 ) -> User:
     if change.display_name is not None:
         user.display_name = change.display_name
     if change.new_password is not None:
         assert change.current_password is not None
-        if not await security.verify_password(
+        if not await passwords.verify(
             change.current_password.get_secret_value(), user.password_hash
         ):
             raise UnprocessableContent(
@@ -163,7 +172,7 @@ async def update_me(
                     {"loc": ["body", "current_password"], "msg": "incorrect", "type": "password"}
                 ],
             )
-        user.password_hash = await security.hash_password(change.new_password.get_secret_value())
+        user.password_hash = await passwords.hash(change.new_password.get_secret_value())
         revoked = await revoke_sessions(
             session, user_id=user.id, keep=current_session, reason="password_changed"
         )
@@ -204,7 +213,12 @@ async def admin_update(
 
 
 async def authenticate(
-    session: AsyncSession, *, email: str, password: str, lockout: Lockout | None = None
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    passwords: Passwords,
+    lockout: Lockout | None = None,
 ) -> User:
     """The user for these credentials; the same error, in the same time, for every failure.
     With `lockout`, failures count against the address given (known or not, so that a
@@ -213,7 +227,7 @@ async def authenticate(
     if lockout is not None:
         await lockout.check(account)
     user = await get_by_email(session, account)
-    valid = await security.verify_password(password, user.password_hash if user else None)
+    valid = await passwords.verify(password, user.password_hash if user else None)
     if user is None or not valid or not user.is_active:
         if lockout is not None:
             await lockout.failed(account)
@@ -422,3 +436,12 @@ async def resolve_api_key(session: AsyncSession, *, digest: str) -> tuple[ApiKey
         # At most one write a minute per key, not one per request.
         await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
     return key, user
+
+
+provide(
+    Passwords,
+    lambda resources: Passwords(
+        time_cost=resources.settings.password_hash_time_cost,
+        memory_kib=resources.settings.password_hash_memory_kib,
+    ),
+)

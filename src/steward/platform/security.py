@@ -20,31 +20,32 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 ALGORITHM = "HS256"
 
-_password_hash = PasswordHash((Argon2Hasher(),))
 
+class Passwords:
+    """argon2id password hashes at the cost the settings give (a hash records its own
+    cost, so hashes made at another cost still verify). Work runs in a worker thread:
+    hundreds of ms of CPU must not block the loop."""
 
-@functools.cache
-def _dummy_hash() -> str:
-    """Verifying against this when an account does not exist makes "no such user" cost the
-    same time as "wrong password", so timing does not reveal which emails are registered."""
-    return _password_hash.hash("steward-timing-equaliser")
+    def __init__(self, *, time_cost: int, memory_kib: int) -> None:
+        hasher = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib)
+        self._hash = PasswordHash((hasher,))
+        # Verifying against this when an account does not exist makes "no such user" cost
+        # the same time as "wrong password": timing does not reveal who is registered.
+        self._dummy = self._hash.hash("steward-timing-equaliser")
 
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._hash.hash, password)
 
-async def hash_password(password: str) -> str:
-    """argon2id; runs in a worker thread (tens of ms of CPU must not block the loop)."""
-    return await anyio.to_thread.run_sync(_password_hash.hash, password)
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        """True when `password` matches; with no hash, spends the same time, and False."""
 
+        def verify() -> bool:
+            if password_hash is None:
+                self._hash.verify(password, self._dummy)
+                return False
+            return self._hash.verify(password, password_hash)
 
-async def verify_password(password: str, password_hash: str | None) -> bool:
-    """True when `password` matches; with no hash, spends the same time and returns False."""
-
-    def verify() -> bool:
-        if password_hash is None:
-            _password_hash.verify(password, _dummy_hash())
-            return False
-        return _password_hash.verify(password, password_hash)
-
-    return await anyio.to_thread.run_sync(verify)
+        return await anyio.to_thread.run_sync(verify)
 
 
 def new_secret(prefix: str, nbytes: int = 32) -> str:
