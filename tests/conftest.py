@@ -15,7 +15,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from steward.app import create_app
 from steward.platform import migrations
@@ -97,15 +97,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-async def _reset_state(engines: EngineSet) -> None:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    if tables:
-        engine = create_async_engine(async_url(engines.database_url))
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        finally:
-            await engine.dispose()
+async def _reset_state(engines: EngineSet, engine: AsyncEngine) -> None:
+    # DELETE, children first: on tables this small it takes ~10 ms where TRUNCATE takes ~100.
+    async with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            await conn.execute(text(f'DELETE FROM "{table.name}"'))
     redis = Redis.from_url(engines.redis_url)
     try:
         await redis.flushdb()
@@ -113,9 +109,17 @@ async def _reset_state(engines: EngineSet) -> None:
         await redis.aclose()
 
 
+@pytest.fixture(scope="session")
+async def _reset_engine(engines: EngineSet) -> AsyncIterator[AsyncEngine]:
+    """One engine for every reset (tests share the session's event loop)."""
+    engine = create_async_engine(async_url(engines.database_url), pool_size=1)
+    yield engine
+    await engine.dispose()
+
+
 @pytest.fixture
-async def clean_state(engines: EngineSet) -> AsyncIterator[None]:
-    await _reset_state(engines)
+async def clean_state(engines: EngineSet, _reset_engine: AsyncEngine) -> AsyncIterator[None]:
+    await _reset_state(engines, _reset_engine)
     return
 
 
