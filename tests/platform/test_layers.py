@@ -34,3 +34,50 @@ def test_platform_imports_no_domain() -> None:
                 if parts[0] == "steward" and len(parts) > 1 and parts[1] in domains:
                     upward.append(f"{module.name}:{node.lineno} imports {name}")
     assert not upward, upward
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Which domain packages each domain package imports (anywhere in its modules)."""
+    domains = _domains()
+    graph: dict[str, set[str]] = {domain: set() for domain in domains}
+    for domain in domains:
+        for module in (PACKAGE / domain).rglob("*.py"):
+            for node in ast.walk(ast.parse(module.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                for name in names:
+                    parts = name.split(".")
+                    if (
+                        parts[0] == "steward"
+                        and len(parts) > 1
+                        and parts[1] in domains
+                        and parts[1] != domain
+                    ):
+                        graph[domain].add(parts[1])
+    return graph
+
+
+def test_no_import_cycle_between_packages() -> None:
+    graph = _package_imports()
+    assert "jobs" in graph["notifications"]  # the walk sees real imports
+    # Every domain may use accounts (who is calling); jobs serves the others and uses none.
+    assert not graph["accounts"], graph["accounts"]
+    assert graph["jobs"] <= {"accounts"}, graph["jobs"]
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(package: str) -> None:
+        if package in done:
+            return
+        assert package not in visiting, " -> ".join([*visiting, package])
+        visiting.append(package)
+        for imported in sorted(graph[package]):
+            visit(imported)
+        visiting.pop()
+        done.add(package)
+
+    for package in sorted(graph):
+        visit(package)
