@@ -1,4 +1,8 @@
-"""The `steward` command: run everything, or one part (api, worker, beat), migrate, manage users."""
+"""The `steward` command: run everything, or one part (api, worker, beat), migrate, manage users.
+
+A little over 400 lines: most of it is `steward run`'s supervisor (start the embedded engines
+and the three processes, restart what dies with backoff, stop in order), which reads best
+next to the commands it starts."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
-from steward.accounts import service
+from steward.accounts import api_keys, service
 from steward.accounts.scopes import scopes_for
 from steward.accounts.service import Account, TokenPolicy
 from steward.platform import security
@@ -126,7 +126,7 @@ async def _from_api_key(request: HTTPConnection, policy: TokenPolicy, secret: st
 
     async def load_key() -> Any:
         async with resources.transaction() as session:
-            found = await service.resolve_api_key(session, digest=digest)
+            found = await api_keys.resolve_api_key(session, digest=digest)
         if found is None:
             return MISSING
         key, _ = found

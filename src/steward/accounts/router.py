@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response, status
 
+from steward.accounts import api_keys as key_service
 from steward.accounts import service
 from steward.accounts.authentication import Tokens
 from steward.accounts.deps import (
@@ -145,7 +146,7 @@ async def create_api_key(
     session: Session,
     policy: Tokens,
 ) -> ApiKeyCreated:
-    return await service.create_api_key(
+    return await key_service.create_api_key(
         session,
         user_id=user.id,
         key_in=key_in,
@@ -156,7 +157,7 @@ async def create_api_key(
 
 @api_keys.get("", summary="List own API keys (any user)", responses=_401)
 async def list_api_keys(user: CurrentUser, session: Session) -> Page[ApiKeyRead]:
-    keys = await service.list_api_keys(session, user_id=user.id)
+    keys = await key_service.list_api_keys(session, user_id=user.id)
     return Page(items=[ApiKeyRead.model_validate(k) for k in keys], next_cursor=None)
 
 
@@ -167,8 +168,8 @@ async def list_api_keys(user: CurrentUser, session: Session) -> Page[ApiKeyRead]
     responses={**_401, 404: {"description": "no such key of yours"}},
 )
 async def revoke_api_key(key_id: uuid.UUID, user: SessionUser, session: Session) -> Response:
-    key = await service.get_api_key(session, user_id=user.id, key_id=key_id)
-    await service.revoke_api_key(session, key=key)
+    key = await key_service.get_api_key(session, user_id=user.id, key_id=key_id)
+    await key_service.revoke_api_key(session, key=key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -26,6 +26,9 @@ through a flag in Redis that its watcher polls; a run still queued is closed at 
 **Follow.** `follow()` replays the run's log from the start or after `Last-Event-ID`, then
 follows it live, from any process: how a client picks a stream back up after a dropped
 connection (the log outlives the run by `RUN_STREAM_TTL_S`, then it is 410 Gone).
+
+Over 400 lines on purpose: a run's whole life in one module is what this module is for
+(the model/tool loop itself is `execution.py`, the queries `repository.py`).
 """
 
 from __future__ import annotations
