@@ -19,6 +19,7 @@ from tests.engines import EngineSet
 from tests.factories import make_account
 from tests.fakes.openai_server import DEFAULT_REPLY, Script
 from tests.live import live_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
@@ -160,10 +161,7 @@ async def test_cancel_endpoint_stops_a_run_from_another_process(
                     events.append(sse.data if sse.event in ("run", "done") else sse.event)
 
         listener = asyncio.create_task(listen())
-        for _ in range(250):  # until the run event arrives
-            if events:
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: events, within_s=5, every_s=0.02, what="the run event")
         run_id = json.loads(events[0])["run_id"]
         cancel = f"/api/v1/assistant/runs/{run_id}/cancel"
         cancelled = await http_b.post(cancel, headers=alice.headers)

@@ -3,8 +3,6 @@ admins list and replay them, and job status is visible to its owner only."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -18,6 +16,7 @@ from steward.jobs import service
 from steward.jobs.base import backoff_s
 from tests.engines import EngineSet
 from tests.factories import make_account, make_admin
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +46,11 @@ async def test_exhausted_task_is_dead_lettered_and_replayable(
         page = (await client.get("/api/v1/admin/dead-letters", headers=admin.headers)).json()
         return [item for item in page["items"] if item["task_args"][0] == key]
 
-    deadline = time.monotonic() + 40
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and len(found) < 2:
+    async def both() -> list[dict[str, Any]]:
         found = await letters()
-        await asyncio.sleep(0.2)
+        return found if len(found) >= 2 else []
+
+    found = await wait_until(both, within_s=40, every_s=0.2, what="two dead letters")
     by_task = {item["task_name"]: item for item in found}
     assert by_task["tests.flaky"]["attempts"] == 4
     assert "TransientError" in by_task["tests.flaky"]["exception"]

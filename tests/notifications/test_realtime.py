@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -19,12 +20,18 @@ from tests.conftest import make_settings
 from tests.engines import EngineSet
 from tests.factories import make_account
 from tests.live import live_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
 
 def _ws(base: str) -> str:
     return base.replace("http://", "ws://") + "/api/v1/realtime"
+
+
+async def _subscribers(redis: Redis, channel: str) -> int:
+    counts = await redis.pubsub_numsub(channel)
+    return int(counts[0][1]) if counts else 0
 
 
 async def _next_of(ws: Any, kind: str, within_s: float = 5) -> dict[str, Any]:
@@ -53,7 +60,14 @@ async def test_todo_on_one_instance_reaches_a_socket_on_another(engines: EngineS
         async with connect(f"{_ws(b)}?access_token={alice.access_token}") as ws:
             ready = await _next_of(ws, "ready")
             assert ready["user_id"] == alice.id
-            await asyncio.sleep(0.2)  # the hub's subscription is in place
+            channels = Redis.from_url(engines.redis_url)
+            try:  # the hub of instance b has subscribed to alice's channel
+                channel = f"user:{alice.id}"
+                await wait_until(
+                    lambda: _subscribers(channels, channel), what="the hub's subscription"
+                )
+            finally:
+                await channels.aclose()
             started = time.monotonic()
             await http.post("/api/v1/todos", json={"title": "mine"}, headers=bob.headers)
             created = await http.post(

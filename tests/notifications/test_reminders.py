@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import orjson
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 from steward.notifications import service
 from tests.engines import EngineSet
 from tests.factories import Account, make_account
+from tests.waiting import wait_until
 
 TODOS = "/api/v1/todos"
 
@@ -128,9 +130,11 @@ async def test_sweep_task_runs_on_the_worker(worker: Celery, client: httpx.Async
         headers=alice.headers,
     )  # fmt: skip
     assert worker.send_task("steward.reminders.sweep").get(timeout=30) >= 1
-    for _ in range(50):
-        items = (await client.get("/api/v1/notifications", headers=alice.headers)).json()["items"]
-        if items:
-            break
-        await asyncio.sleep(0.2)
+
+    async def notified() -> list[dict[str, Any]]:
+        return (  # type: ignore[no-any-return]
+            await client.get("/api/v1/notifications", headers=alice.headers)
+        ).json()["items"]
+
+    items = await wait_until(notified, within_s=10, every_s=0.2, what="the notification")
     assert [n["title"] for n in items] == ["via worker"]

@@ -28,6 +28,7 @@ from tests.conftest import make_settings
 from tests.engines import EngineSet
 from tests.factories import Account, make_account, make_admin
 from tests.live import serve_asgi
+from tests.waiting import wait_until
 from tests.workers import running_worker
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -78,11 +79,7 @@ async def _due_reminder(client: httpx.AsyncClient, account: Account, title: str)
 
 
 async def _wait(condition: Any, within_s: float = 20) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.05)
+    await wait_until(condition, within_s=within_s)
 
 
 async def test_webhook_is_the_owners_and_its_secret_is_shown_once(
@@ -144,10 +141,7 @@ async def test_failing_endpoint_is_retried_then_dead_lettered(
         listed = await client.get("/api/v1/admin/dead-letters", headers=admin.headers)
         return [d for d in listed.json()["items"] if d["task_name"] == webhooks.DELIVER_TASK]
 
-    deadline = time.monotonic() + 30
-    while not (letters := await dead_letters()):
-        assert time.monotonic() < deadline, "no dead letter"
-        await asyncio.sleep(0.1)
+    letters = await wait_until(dead_letters, within_s=30, every_s=0.1, what="a dead letter")
     assert len(receiver.received) == 3  # the first try and max_retries=2 retries
     assert letters[0]["attempts"] == 3
     assert letters[0]["exception"].endswith("the webhook answered 502")  # the last try

@@ -3,7 +3,6 @@ process when it starts."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import socket
 
@@ -14,6 +13,7 @@ from steward.app import create_app
 from steward.assistant import tokens
 from tests.conftest import make_settings
 from tests.engines import EngineSet, reachable
+from tests.waiting import wait_until
 
 
 def _closed_port() -> int:
@@ -105,8 +105,6 @@ async def test_the_app_sets_its_gc_thresholds(engines: EngineSet) -> None:
 async def test_the_app_loads_the_tokenizer_when_it_starts(engines: EngineSet) -> None:
     tokens._encoding.cache_clear()
     async with LifespanManager(create_app(make_settings(engines))):
-        for _ in range(100):  # loaded in a thread; about 150 ms
-            if tokens._encoding.cache_info().currsize:
-                break
-            await asyncio.sleep(0.05)
+        # Loaded in a thread; about 150 ms.
+        await wait_until(lambda: tokens._encoding.cache_info().currsize, what="the tokenizer")
         assert tokens._encoding.cache_info().currsize == 1
