@@ -18,46 +18,46 @@ def _domains() -> set[str]:
     }
 
 
+def _domain_imports(module: Path, domains: set[str]) -> list[tuple[int, str, str]]:
+    """(line, imported module, its domain package) for each import of a domain in `module`,
+    wherever it stands (inside functions too)."""
+    found = []
+    for node in ast.walk(ast.parse(module.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "steward" and len(parts) > 1 and parts[1] in domains:
+                found.append((node.lineno, name, parts[1]))
+    return found
+
+
 def test_platform_imports_no_domain() -> None:
     domains = _domains()
     assert {"accounts", "assistant", "todos"} <= domains
-    upward = []
-    for module in sorted((PACKAGE / "platform").glob("*.py")):
-        for node in ast.walk(ast.parse(module.read_text())):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            for name in names:
-                parts = name.split(".")
-                if parts[0] == "steward" and len(parts) > 1 and parts[1] in domains:
-                    upward.append(f"{module.name}:{node.lineno} imports {name}")
+    upward = [
+        f"{module.name}:{line} imports {name}"
+        for module in sorted((PACKAGE / "platform").glob("*.py"))
+        for line, name, _ in _domain_imports(module, domains)
+    ]
     assert not upward, upward
 
 
 def _package_imports() -> dict[str, set[str]]:
     """Which domain packages each domain package imports (anywhere in its modules)."""
     domains = _domains()
-    graph: dict[str, set[str]] = {domain: set() for domain in domains}
-    for domain in domains:
-        for module in (PACKAGE / domain).rglob("*.py"):
-            for node in ast.walk(ast.parse(module.read_text())):
-                names = []
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    names = [node.module]
-                elif isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                for name in names:
-                    parts = name.split(".")
-                    if (
-                        parts[0] == "steward"
-                        and len(parts) > 1
-                        and parts[1] in domains
-                        and parts[1] != domain
-                    ):
-                        graph[domain].add(parts[1])
-    return graph
+    return {
+        domain: {
+            imported
+            for module in (PACKAGE / domain).rglob("*.py")
+            for _, _, imported in _domain_imports(module, domains)
+            if imported != domain
+        }
+        for domain in domains
+    }
 
 
 def test_no_import_cycle_between_packages() -> None:
