@@ -313,11 +313,11 @@ async def limiter_overhead(redis_url: str, n: int = 3000) -> dict[str, float]:
     """In-process cost of one rate-limit check, next to a bare Redis PING on the same pool."""
     from redis.asyncio import Redis
 
-    from steward.platform.ratelimit import Policy, RateLimiter
+    from steward.platform.ratelimit import RateLimiter, RateLimitPolicy
 
     redis = Redis.from_url(redis_url)
     limiter = RateLimiter(redis)
-    policy = Policy.parse("bench", "1000000000/minute")
+    policy = RateLimitPolicy.parse("bench", "1000000000/minute")
     samples: dict[str, list[float]] = {"ping": [], "check": []}
     try:
         for _ in range(200):

@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     schedule_cleanup: str = "17 3 * * *"
     schedule_reap_runs: str = "*/5 * * * *"
     schedule_outbox: str = "every 30s"
+    job_retention_s: float = Field(
+        default=172_800.0, gt=0, description="how long a sent job's record (and status) stays"
+    )
     outbox_sweep_after_s: float = Field(
         default=10.0, gt=0, description="how long a recorded job may stay unsent before the "
         "sweeper sends it (its own send after commit normally takes milliseconds)",

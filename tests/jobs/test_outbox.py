@@ -97,6 +97,24 @@ async def test_a_send_the_broker_refused_is_swept_up_later(
         await up.close()
 
 
+async def test_sent_jobs_are_purged_after_their_retention_and_unsent_ones_kept(
+    app: FastAPI, engines: EngineSet
+) -> None:
+    resources = Resources.open(make_settings(engines))
+    try:
+        async with resources.transaction() as session:
+            sent = await service.enqueue(session, task="steward.ping")
+            unsent = Job(id=f"unsent-{uuid.uuid4().hex[:6]}", name="steward.ping")
+            session.add(unsent)
+        outbox = resources.get(Outbox)
+        assert await outbox.purge(older_than_s=3600) == 0  # too young
+        assert await outbox.purge(older_than_s=0) == 1
+        assert await _job(resources, sent) is None
+        assert await _job(resources, unsent.id) is not None  # never sent: kept for the sweeper
+    finally:
+        await resources.close()
+
+
 _DIE_AFTER_COMMIT = textwrap.dedent("""
     import asyncio, os, signal
     import steward.models  # every table, as the app and the worker load them

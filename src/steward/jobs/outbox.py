@@ -16,7 +16,7 @@ import anyio.to_thread
 import structlog
 from celery import Celery
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from steward.jobs.models import Job
 from steward.jobs.worker import create_celery
@@ -76,6 +76,18 @@ class Outbox:
             SENT.labels("sweep").inc(len(sent))
             log.warning("jobs.swept", sent=len(sent), unsent=len(jobs) - len(sent))
         return len(sent)
+
+    async def purge(self, *, older_than_s: float) -> int:
+        """Forget sent jobs recorded more than `older_than_s` ago (their results expire from
+        the result backend after a day anyway); unsent ones stay until they are sent."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        async with self._resources.transaction() as session:
+            result = await session.execute(
+                delete(Job)
+                .where(Job.sent_at.is_not(None), Job.created_at < cutoff)
+                .returning(Job.id)
+            )
+            return len(result.all())
 
     async def _send(self, jobs: list[Dispatch]) -> list[str]:
         celery = self.celery

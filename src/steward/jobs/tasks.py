@@ -21,6 +21,19 @@ def ping() -> str:
     return "pong"
 
 
+@shared_task(name="steward.jobs.purge", base=StewardTask)
+def purge_jobs() -> int:
+    """Beat, daily (`SCHEDULE_CLEANUP`): forget sent jobs older than `JOB_RETENTION_S`."""
+
+    async def purge(resources: Resources) -> int:
+        retention = resources.settings.job_retention_s
+        return await resources.get(Outbox).purge(older_than_s=retention)
+
+    removed = runtime.run(purge)
+    log.info("jobs.purged", removed=removed)
+    return removed
+
+
 @shared_task(name="steward.jobs.sweep_outbox", base=StewardTask)
 def sweep_outbox() -> int:
     """Beat: send the jobs whose send after their commit never happened (jobs/outbox.py)."""

@@ -112,6 +112,10 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": cron(settings.schedule_reminders),
             },
             "cleanup": {"task": "steward.cleanup", "schedule": cron(settings.schedule_cleanup)},
+            "jobs-purge": {
+                "task": "steward.jobs.purge",
+                "schedule": cron(settings.schedule_cleanup),
+            },
             "outbox-sweep": {
                 "task": "steward.jobs.sweep_outbox",
                 "schedule": cron(settings.schedule_outbox),
