@@ -1,0 +1,1 @@
+"""Knowledge: documents, their chunks and embeddings, and search over them."""
