@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -44,6 +45,14 @@ async def _job(resources: Resources, job_id: str) -> Job | None:
         return job
 
 
+@pytest.fixture
+async def resources(app: FastAPI, engines: EngineSet) -> AsyncIterator[Resources]:
+    """The suite's resources (its broker is where `_queued` looks), opened for one test."""
+    opened = Resources.open(make_settings(engines))
+    yield opened
+    await opened.close()
+
+
 async def _enqueue_then_fail(resources: Resources, job_id: str) -> None:
     async with resources.transaction() as session:
         await service.enqueue(session, task="steward.ping", job_id=job_id)
@@ -51,68 +60,55 @@ async def _enqueue_then_fail(resources: Resources, job_id: str) -> None:
 
 
 async def test_a_job_is_sent_after_commit_and_never_after_rollback(
-    app: FastAPI, engines: EngineSet
+    resources: Resources, engines: EngineSet
 ) -> None:
-    resources = Resources.open(make_settings(engines))
-    try:
-        async with resources.transaction() as session:
-            sent = await service.enqueue(session, task="steward.ping")
-            assert _queued(engines, sent) == 0  # not before the commit
-        assert _queued(engines, sent) == 1
-        job = await _job(resources, sent)
-        assert job is not None and job.sent_at is not None
-        dropped = f"rolled-back-{uuid.uuid4().hex[:6]}"
-        with pytest.raises(LookupError):
-            await _enqueue_then_fail(resources, dropped)
-        assert _queued(engines, dropped) == 0
-        assert await _job(resources, dropped) is None
-    finally:
-        await resources.close()
+    async with resources.transaction() as session:
+        sent = await service.enqueue(session, task="steward.ping")
+        assert _queued(engines, sent) == 0  # not before the commit
+    assert _queued(engines, sent) == 1
+    job = await _job(resources, sent)
+    assert job is not None and job.sent_at is not None
+    dropped = f"rolled-back-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(LookupError):
+        await _enqueue_then_fail(resources, dropped)
+    assert _queued(engines, dropped) == 0
+    assert await _job(resources, dropped) is None
 
 
 async def test_a_send_the_broker_refused_is_swept_up_later(
-    app: FastAPI, engines: EngineSet, logs: LogCapture
+    resources: Resources, engines: EngineSet, logs: LogCapture
 ) -> None:
     # A broker that is down when the transaction commits: the job stays recorded, unsent.
-    down = make_settings(engines, celery_broker_url="redis://127.0.0.1:9/0")
-    resources = Resources.open(down)
+    down = Resources.open(make_settings(engines, celery_broker_url="redis://127.0.0.1:9/0"))
     try:
-        resources.get(Outbox).celery.conf.broker_transport_options = {"max_retries": 0}
-        async with resources.transaction() as session:
+        down.get(Outbox).celery.conf.broker_transport_options = {"max_retries": 0}
+        async with down.transaction() as session:
             job_id = await service.enqueue(session, task="steward.ping")
     finally:
-        await resources.close()
+        await down.close()
     assert [e["job_id"] for e in logs.events("jobs.send_failed")] == [job_id]
-    up = Resources.open(make_settings(engines))
-    try:
-        job = await _job(up, job_id)
-        assert job is not None and job.sent_at is None
-        assert _queued(engines, job_id) == 0
-        assert await up.get(Outbox).sweep(older_than_s=0) == 1
-        assert _queued(engines, job_id) == 1
-        job = await _job(up, job_id)
-        assert job is not None and job.sent_at is not None
-        assert await up.get(Outbox).sweep(older_than_s=0) == 0  # sent once
-    finally:
-        await up.close()
+    job = await _job(resources, job_id)
+    assert job is not None and job.sent_at is None
+    assert _queued(engines, job_id) == 0
+    assert await resources.get(Outbox).sweep(older_than_s=0) == 1
+    assert _queued(engines, job_id) == 1
+    job = await _job(resources, job_id)
+    assert job is not None and job.sent_at is not None
+    assert await resources.get(Outbox).sweep(older_than_s=0) == 0  # sent once
 
 
 async def test_sent_jobs_are_purged_after_their_retention_and_unsent_ones_kept(
-    app: FastAPI, engines: EngineSet
+    resources: Resources,
 ) -> None:
-    resources = Resources.open(make_settings(engines))
-    try:
-        async with resources.transaction() as session:
-            sent = await service.enqueue(session, task="steward.ping")
-            unsent = Job(id=f"unsent-{uuid.uuid4().hex[:6]}", name="steward.ping")
-            session.add(unsent)
-        outbox = resources.get(Outbox)
-        assert await outbox.purge(older_than_s=3600) == 0  # too young
-        assert await outbox.purge(older_than_s=0) == 1
-        assert await _job(resources, sent) is None
-        assert await _job(resources, unsent.id) is not None  # never sent: kept for the sweeper
-    finally:
-        await resources.close()
+    async with resources.transaction() as session:
+        sent = await service.enqueue(session, task="steward.ping")
+        unsent = Job(id=f"unsent-{uuid.uuid4().hex[:6]}", name="steward.ping")
+        session.add(unsent)
+    outbox = resources.get(Outbox)
+    assert await outbox.purge(older_than_s=3600) == 0  # too young
+    assert await outbox.purge(older_than_s=0) == 1
+    assert await _job(resources, sent) is None
+    assert await _job(resources, unsent.id) is not None  # never sent: kept for the sweeper
 
 
 _DIE_AFTER_COMMIT = textwrap.dedent("""
@@ -137,7 +133,7 @@ _DIE_AFTER_COMMIT = textwrap.dedent("""
 
 @pytest.mark.slow
 async def test_a_process_killed_between_commit_and_send_loses_no_job(
-    app: FastAPI, engines: EngineSet
+    resources: Resources, engines: EngineSet
 ) -> None:
     env: dict[str, Any] = {
         **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": engines.database_url,
@@ -150,13 +146,9 @@ async def test_a_process_killed_between_commit_and_send_loses_no_job(
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
     job_id = out.decode().strip()
-    resources = Resources.open(make_settings(engines))
-    try:
-        job = await _job(resources, job_id)
-        assert job is not None and job.sent_at is None  # committed, never sent
-        assert _queued(engines, job_id) == 0
-        with running_worker(engines) as (celery, _):
-            assert await resources.get(Outbox).sweep(older_than_s=0) == 1
-            assert celery.AsyncResult(job_id).get(timeout=30) == "pong"
-    finally:
-        await resources.close()
+    job = await _job(resources, job_id)
+    assert job is not None and job.sent_at is None  # committed, never sent
+    assert _queued(engines, job_id) == 0
+    with running_worker(engines) as (celery, _):
+        assert await resources.get(Outbox).sweep(older_than_s=0) == 1
+        assert celery.AsyncResult(job_id).get(timeout=30) == "pong"
