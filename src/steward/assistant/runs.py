@@ -371,9 +371,8 @@ async def cancel(
                     await stream.append(run_id, done)
 
                 after_commit(session).call(announce)
-    async with resources.transaction() as session:
-        return service.run_read(await repository.get_run(session, owner_id=owner_id,
-                                                         run_id=run_id), [])  # fmt: skip
+        await session.refresh(run)  # the UPDATE above bypassed the loaded object
+        return service.run_read(run, [])
 
 
 # --- follow --------------------------------------------------------------------------------

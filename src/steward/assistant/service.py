@@ -75,10 +75,6 @@ async def list_messages(
 # --- runs, as read back --------------------------------------------------------------------
 
 
-async def get_run(session: AsyncSession, *, owner_id: uuid.UUID, run_id: uuid.UUID) -> Run:
-    return await repository.get_run(session, owner_id=owner_id, run_id=run_id)
-
-
 async def read_run(session: AsyncSession, *, owner_id: uuid.UUID, run_id: uuid.UUID) -> RunRead:
     """The caller's run (404 for anyone else's) with its final message."""
     run = await repository.get_run(session, owner_id=owner_id, run_id=run_id)

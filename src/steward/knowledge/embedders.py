@@ -55,8 +55,8 @@ class OfflineEmbedder:
             return self._model
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        vectors = self._loaded().embed(texts, norm=True)
-        return [[float(x) for x in row] for row in vectors]
+        vectors: list[list[float]] = self._loaded().embed(texts, norm=True).tolist()
+        return vectors
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:
