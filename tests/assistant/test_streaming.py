@@ -105,7 +105,7 @@ async def test_websocket_streams_a_run_and_cancels_another(
 
 @pytest.mark.slow
 async def test_websocket_close_codes(engines: EngineSet, fake: ServedFake) -> None:
-    settings = assistant_settings(engines, fake.url, rate_limit_assistant="1/minute")
+    settings = assistant_settings(engines, fake.url, rate_limit_assistant="1/hour")
     async with live_server(settings) as base, httpx.AsyncClient(base_url=base) as http:
         alice = await make_account(http)
         conversation = await new_conversation(http, alice)

@@ -35,7 +35,7 @@ def _closed_port() -> int:
 
 
 async def test_limit_is_shared_by_two_instances(engines: EngineSet, clean_state: None) -> None:
-    limits = {"rate_limit_authenticated": "6/minute"}
+    limits = {"rate_limit_authenticated": "6/hour"}
     async with serve(engines, **limits) as a, serve(engines, **limits) as b:
         account = await make_account(a)
         statuses = []
@@ -52,16 +52,16 @@ async def test_limit_is_shared_by_two_instances(engines: EngineSet, clean_state:
 
 
 async def test_headers_and_problem(engines: EngineSet, clean_state: None) -> None:
-    async with serve(engines, rate_limit_authenticated="2/minute") as http:
+    async with serve(engines, rate_limit_authenticated="2/hour") as http:
         account = await make_account(http)
         first = await http.get(TODOS, headers=account.headers)
-        assert first.headers["ratelimit-policy"] == '"authenticated";q=2;w=60'
+        assert first.headers["ratelimit-policy"] == '"authenticated";q=2;w=3600'
         assert first.headers["ratelimit"].startswith('"authenticated";r=1;t=')
         await http.get(TODOS, headers=account.headers)
         limited = await http.get(TODOS, headers=account.headers)
         assert limited.status_code == 429
         assert limited.headers["content-type"] == "application/problem+json"
-        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert 1 <= int(limited.headers["retry-after"]) <= 3600
         assert limited.headers["ratelimit"].startswith('"authenticated";r=0;t=')
         body = limited.json()
         assert body["status"] == 429
@@ -70,8 +70,8 @@ async def test_headers_and_problem(engines: EngineSet, clean_state: None) -> Non
 
 async def test_anonymous_limit_is_per_ip(engines: EngineSet, clean_state: None) -> None:
     async with (
-        serve(engines, rate_limit_anonymous="3/minute", client_ip="10.0.0.1") as one,
-        serve(engines, rate_limit_anonymous="3/minute", client_ip="10.0.0.2") as two,
+        serve(engines, rate_limit_anonymous="3/hour", client_ip="10.0.0.1") as one,
+        serve(engines, rate_limit_anonymous="3/hour", client_ip="10.0.0.2") as two,
     ):
         assert [(await one.get(TODOS)).status_code for _ in range(4)] == [401, 401, 401, 429]
         assert (await two.get(TODOS)).status_code == 401
@@ -80,7 +80,7 @@ async def test_anonymous_limit_is_per_ip(engines: EngineSet, clean_state: None) 
 async def test_forwarded_for_counts_only_from_trusted_proxies(
     engines: EngineSet, clean_state: None
 ) -> None:
-    limits = {"rate_limit_anonymous": "2/minute"}
+    limits = {"rate_limit_anonymous": "2/hour"}
     async with serve(engines, client_ip="203.0.113.9", **limits) as direct:
         spoofed = [
             (await direct.get(TODOS, headers={"x-forwarded-for": f"198.51.100.{i}"})).status_code
@@ -186,6 +186,10 @@ async def test_sliding_window_counts_atomically_and_recovers(
     try:
         limiter = RateLimiter(redis)
         policy = RateLimitPolicy.parse("unit", "20/second")
+        # The counter weighs the previous window in: a burst that straddles a window
+        # boundary may rightly get one more. Start the burst at the top of Redis' second.
+        _, micros = await redis.time()
+        await asyncio.sleep(1 - micros / 1_000_000 + 0.02)
         decisions = await asyncio.gather(*(limiter.hit(policy, "k") for _ in range(50)))
         assert sum(d.allowed for d in decisions) == 20
         assert sorted(d.remaining for d in decisions if d.allowed) == list(range(20))
