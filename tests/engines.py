@@ -174,3 +174,30 @@ def provide_engines() -> Iterator[EngineSet]:
         anyio.run(_drop_database, admin_url, name)
         if embedded is not None:
             embedded.stop()
+
+
+async def _has_pgvector(url: str) -> bool:
+    conn = await asyncpg.connect(_admin_url(url))
+    try:
+        return bool(
+            await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+        )
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def provide_vector_engines(base: EngineSet) -> Iterator[EngineSet]:
+    """`base` if its PostgreSQL has pgvector, else an embedded PostgreSQL (which has it) with
+    a fresh database; Redis stays `base`'s."""
+    if anyio.run(_has_pgvector, base.database_url):
+        yield base
+        return
+    embedded = EmbeddedEngines(ROOT / ".steward-test" / f"vector-engines-{os.getpid()}")
+    admin_url = embedded.start().database_url
+    name = f"steward_test_{uuid.uuid4().hex[:10]}"
+    try:
+        anyio.run(_create_database, admin_url, name)
+        yield EngineSet(_with_database(admin_url, name), base.redis_url, "embedded")
+    finally:
+        embedded.stop()

@@ -20,6 +20,7 @@ from steward.assistant import tokens
 from steward.assistant.runs import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
+from steward.knowledge import router as knowledge_router
 from steward.notifications import router as realtime_router
 from steward.platform import errors, health, openapi, tracing
 from steward.platform.logging import configure_logging
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         realtime_router.router,
         realtime_router.notifications,
         jobs_router.router,
+        knowledge_router.router,
         *assistant_routes.routers,
     ):
         app.include_router(router)

@@ -185,6 +185,7 @@ class Settings(BaseSettings):
     schedule_cleanup: str = "17 3 * * *"
     schedule_reap_runs: str = "*/5 * * * *"
     schedule_outbox: str = "every 30s"
+    schedule_reap_ingestion: str = "*/5 * * * *"
     job_retention_s: float = Field(
         default=172_800.0, gt=0, description="how long a sent job's record (and status) stays"
     )
@@ -225,6 +226,24 @@ class Settings(BaseSettings):
     )
     run_stream_maxlen: int = Field(default=10_000, ge=100)
 
+    # Knowledge. EMBEDDING_PROVIDERS is a JSON object {name: ProviderConfig} of
+    # OpenAI-compatible embeddings endpoints; without one, the offline embedder is used.
+    embedding_providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    embedding_provider: str | None = Field(
+        default=None, description="the embedder; else the first configured, else offline"
+    )
+    knowledge_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
+                                     description="the largest upload accepted")  # fmt: skip
+    knowledge_chunk_tokens: int = Field(default=300, ge=32, le=8000)
+    knowledge_chunk_overlap_tokens: int = Field(default=50, ge=0, le=1000)
+    knowledge_embed_batch: int = Field(default=64, ge=1, le=2048,
+                                       description="chunks per embedding task")  # fmt: skip
+    knowledge_max_chunks: int = Field(default=5000, ge=1,
+                                      description="a document with more fails")  # fmt: skip
+    knowledge_stuck_after_s: int = Field(
+        default=1800, ge=60, description="an unfinished ingestion this old is marked failed"
+    )
+
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -260,7 +279,11 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "schedule_reminders", "schedule_cleanup", "schedule_reap_runs", "schedule_outbox"
+        "schedule_reminders",
+        "schedule_cleanup",
+        "schedule_reap_runs",
+        "schedule_outbox",
+        "schedule_reap_ingestion",
     )
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -304,6 +327,11 @@ class Settings(BaseSettings):
             name = getattr(self, field)
             if name is not None and name not in known:
                 raise ValueError(f"{field.upper()}={name!r} is not in ASSISTANT_PROVIDERS")
+        embedder = self.embedding_provider
+        if embedder is not None and embedder not in {*self.embedding_providers, "offline"}:
+            raise ValueError(f"EMBEDDING_PROVIDER={embedder!r} is not in EMBEDDING_PROVIDERS")
+        if self.knowledge_chunk_overlap_tokens * 2 >= self.knowledge_chunk_tokens:
+            raise ValueError("KNOWLEDGE_CHUNK_OVERLAP_TOKENS must be under half the chunk size")
         return self
 
     @property
@@ -312,6 +340,12 @@ class Settings(BaseSettings):
         if self.assistant_provider is not None:
             return self.assistant_provider
         return next(iter(self.assistant_providers), "offline")
+
+    @property
+    def default_embedder(self) -> str:
+        if self.embedding_provider is not None:
+            return self.embedding_provider
+        return next(iter(self.embedding_providers), "offline")
 
     @property
     def is_prod(self) -> bool:

@@ -15,6 +15,10 @@ Every request is recorded (`requests`) so tests can check what the provider was 
 the fake's own time to first token for each streamed reply (`first_token_s`, keyed by the
 last user message; `GET /_fake/first-token` returns and clears them) so a benchmark can
 subtract the provider's own share from the time a client measured through Steward.
+`POST /v1/embeddings` answers 16-dimension vectors derived from each input's bytes (the
+same text, the same vector); `embedding_status` makes it fail with that status instead,
+`embedding_delay_s` makes each request take that long, and `embedding_inputs` counts the
+texts it was sent.
 Run standalone for benchmarks: `python -m tests.fakes.openai_server --port 8900 --delay 0.01`.
 """
 
@@ -63,8 +67,12 @@ class FakeOpenAI:
         self.scripts: deque[Script] = deque()
         self.requests: list[dict[str, Any]] = []
         self.first_token_s: dict[str, float] = {}
+        self.embedding_status: int | None = None
+        self.embedding_delay_s = 0.0
+        self.embedding_inputs = 0
         self.app = Starlette(
             routes=[
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 Route("/v1/chat/completions", self._completions, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/_fake/first-token", self._first_tokens, methods=["GET"]),
@@ -78,10 +86,37 @@ class FakeOpenAI:
         self.scripts.clear()
         self.requests.clear()
         self.first_token_s.clear()
+        self.embedding_status, self.embedding_delay_s, self.embedding_inputs = None, 0.0, 0
 
     async def _first_tokens(self, request: Request) -> Response:
         timings, self.first_token_s = self.first_token_s, {}
         return JSONResponse(timings)
+
+    async def _embeddings(self, request: Request) -> Response:
+        import base64
+        import hashlib
+        import struct
+
+        body = orjson.loads(await request.body())
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        self.embedding_inputs += len(texts)
+        if self.embedding_delay_s:
+            await asyncio.sleep(self.embedding_delay_s)
+        if self.embedding_status is not None:
+            error = {"message": "embedding refused by the fake", "type": "invalid_request_error"}
+            return JSONResponse({"error": error}, status_code=self.embedding_status)
+        data = []
+        for index, text in enumerate(texts):
+            digest = hashlib.sha256(str(text).encode()).digest()
+            vector = [(byte - 128) / 128 for byte in digest[:16]]
+            if body.get("encoding_format") == "base64":
+                packed = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                data.append({"object": "embedding", "index": index, "embedding": packed})
+            else:
+                data.append({"object": "embedding", "index": index, "embedding": vector})
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model", MODEL),
+                             "usage": usage})  # fmt: skip
 
     async def _models(self, request: Request) -> Response:
         model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "fake"}

@@ -77,11 +77,23 @@ class StewardTask(_TaskBase):
                     error=type(exc).__name__,
                 )
                 raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
-            self._dead_letter(exc, args, kwargs)
+            self._give_up(exc, args, kwargs)
             raise Reject(exc, requeue=False) from exc
         except Exception as exc:
-            self._dead_letter(exc, args, kwargs)
+            self._give_up(exc, args, kwargs)
             raise Reject(exc, requeue=False) from exc
+
+    def gave_up(self, exc: BaseException, args: Any, kwargs: Any) -> None:
+        """Called once when the task fails for good, before its dead letter is written: a
+        task whose failure leaves a record half-done (a document `processing`) settles it
+        here. A rejected task reports no result, so nothing else (a chord) will."""
+
+    def _give_up(self, exc: BaseException, args: Any, kwargs: Any) -> None:
+        try:
+            self.gave_up(exc, args, kwargs)
+        except Exception:
+            log.exception("task.gave_up_failed", task=self.name)
+        self._dead_letter(exc, args, kwargs)
 
     def _dead_letter(self, exc: BaseException, args: Any, kwargs: Any) -> None:
         attempts = (self.request.retries or 0) + 1

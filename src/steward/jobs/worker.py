@@ -80,6 +80,7 @@ def create_celery(settings: Settings) -> Celery:
             "steward.todos.tasks",
             "steward.assistant.tasks",
             "steward.notifications.tasks",
+            "steward.knowledge.tasks",
             *settings.task_modules,
         ],
     )
@@ -119,6 +120,10 @@ def create_celery(settings: Settings) -> Celery:
             "outbox-sweep": {
                 "task": "steward.jobs.sweep_outbox",
                 "schedule": cron(settings.schedule_outbox),
+            },
+            "ingest-reap": {
+                "task": "steward.ingest.reap",
+                "schedule": cron(settings.schedule_reap_ingestion),
             },
             "assistant-reap": {
                 "task": "steward.assistant.reap",

@@ -14,18 +14,33 @@ never reaches the network (tests/knowledge/test_embedders.py runs it with socket
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import anyio.to_thread
+import openai
+
+from steward.settings import ProviderConfig, Settings
+
+
+class EmbeddingError(Exception):
+    """The embedder could not embed; `transient` says whether trying again may help."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Embedder(Protocol):
-    """Embeds texts; every vector of one embedder has `dimensions` floats."""
+    """Embeds texts; every vector of one embedder has the same number of floats. `space`
+    names the model, so vectors of different models are never compared."""
 
     name: str
     model: str
-    dimensions: int
+
+    @property
+    def space(self) -> str: ...
 
     async def embed(self, texts: list[str]) -> list[list[float]]: ...
 
@@ -40,6 +55,10 @@ class OfflineEmbedder:
     def __init__(self) -> None:
         self._model: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def space(self) -> str:
+        return f"{self.name}:{self.model}"
 
     def _loaded(self) -> Any:
         # Loaded on first use, once per process, under a lock: threads may ask together.
@@ -62,3 +81,58 @@ class OfflineEmbedder:
         if not texts:
             return []
         return await anyio.to_thread.run_sync(self._embed, texts)
+
+
+class OpenAICompatibleEmbedder:
+    """Any OpenAI-compatible `/embeddings` endpoint (OpenAI, DashScope, Volcano Ark, vLLM,
+    Ollama) through the official SDK, which retries 429/5xx with backoff itself."""
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.model = config.model
+        self._client = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=config.resolved_key() or "unused",
+            max_retries=config.max_retries,
+            timeout=openai.Timeout(config.total_timeout_s, connect=config.connect_timeout_s),
+        )
+
+    @property
+    def space(self) -> str:
+        return f"{self.name}:{self.model}"
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        try:
+            response = await self._client.embeddings.create(
+                model=self.model, input=texts, encoding_format="float"
+            )
+        except (
+            openai.APIConnectionError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        ) as exc:
+            raise EmbeddingError(f"{self.name}: {type(exc).__name__}", transient=True) from exc
+        except openai.APIStatusError as exc:
+            raise EmbeddingError(
+                f"{self.name} refused the request ({exc.status_code})",
+                transient=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
+            ) from exc
+        vectors = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
+        if len(vectors) != len(texts) or len({len(v) for v in vectors}) != 1:
+            raise EmbeddingError(f"{self.name} answered with malformed vectors", transient=False)
+        return vectors
+
+
+@lru_cache(maxsize=1)
+def _offline() -> OfflineEmbedder:
+    return OfflineEmbedder()  # one model in memory per process, whoever asks
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    """The configured embedder (EMBEDDING_PROVIDER), else the offline one."""
+    name = settings.default_embedder
+    if name == "offline":
+        return _offline()
+    return OpenAICompatibleEmbedder(name, settings.embedding_providers[name])

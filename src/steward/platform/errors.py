@@ -107,6 +107,11 @@ class PayloadTooLarge(StewardError):
     slug = "payload-too-large"
 
 
+class UnsupportedMediaType(StewardError):
+    status = 415
+    slug = "unsupported-media-type"
+
+
 class UnprocessableContent(StewardError):
     status = 422
     slug = "validation-error"
