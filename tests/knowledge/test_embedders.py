@@ -1,7 +1,7 @@
 """The offline embedder works with no network at all, and it is semantic: in Chinese and in
 English, each question's nearest passage is the one that answers it."""
 
-# ruff: noqa: RUF001 - Chinese text is written with full-width punctuation, on purpose.
+
 
 from __future__ import annotations
 
