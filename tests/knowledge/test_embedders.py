@@ -1,8 +1,6 @@
 """The offline embedder works with no network at all, and it is semantic: in Chinese and in
 English, each question's nearest passage is the one that answers it."""
 
-
-
 from __future__ import annotations
 
 import json
