@@ -38,7 +38,24 @@ async def test_the_official_sdk_works_against_the_gateway(
         secret = await _key(http, alice, ["assistant"])
         sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
         models = await sdk.models.list()
-        assert [m.id for m in models.data] == [MODEL]
+        assert [m.id for m in models.data] == [MODEL, "wordllama-l2-supercat-256"]
+
+        # Embeddings, as the SDK asks for them by default (base64) and as floats.
+        texts = ["refund policy", "退款政策", "refund policy"]
+        packed = await sdk.embeddings.create(model="wordllama-l2-supercat-256", input=texts)
+        floats = await sdk.embeddings.create(model="wordllama-l2-supercat-256", input=texts,
+                                             encoding_format="float")  # fmt: skip
+        for result in (packed, floats):
+            vectors = [item.embedding for item in result.data]
+            assert [len(v) for v in vectors] == [256, 256, 256]
+            assert vectors[0] == pytest.approx(vectors[2])  # same text, same vector
+            assert vectors[0] != pytest.approx(vectors[1])
+            assert result.usage.prompt_tokens > 0
+        assert packed.data[1].embedding == pytest.approx(floats.data[1].embedding, abs=1e-6)
+        with pytest.raises(openai.NotFoundError):
+            await sdk.embeddings.create(model="text-embedding-3-small", input="x")
+        with pytest.raises(openai.BadRequestError):
+            await sdk.embeddings.create(model="wordllama-l2-supercat-256", input=[])
 
         fake.script(Script(text="plain answer", usage=(11, 2)))
         whole = await sdk.chat.completions.create(

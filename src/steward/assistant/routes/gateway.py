@@ -1,4 +1,5 @@
-"""An OpenAI-compatible gateway: `POST /v1/chat/completions` and `GET /v1/models`, so any
+"""An OpenAI-compatible gateway: `POST /v1/chat/completions`, `POST /v1/embeddings` and
+`GET /v1/models`, so any
 OpenAI client (the official SDK included) can use Steward's providers with a Steward API key
 sent as `Authorization: Bearer`. Calls get Steward's retries, breaker, limits, metrics and
 usage accounting; errors use OpenAI's `{"error": {...}}` shape instead of problem+json.
@@ -7,6 +8,8 @@ usage accounting; errors use OpenAI's `{"error": {...}}` shape instead of proble
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -36,15 +39,19 @@ from steward.assistant.providers import (
 )
 from steward.assistant.resilience import Providers
 from steward.assistant.usage import UsageMeter
+from steward.knowledge.chunking import count_tokens
+from steward.knowledge.embedders import EmbeddingError
+from steward.knowledge.service import Knowledge
 from steward.platform.deps import resources_of
 from steward.platform.errors import (
+    BadRequest,
     Forbidden,
     NotFound,
     QuotaExceeded,
     StewardError,
     Unauthorized,
 )
-from steward.platform.inputs import Int32, Int64
+from steward.platform.inputs import Int32, Int64, Text
 from steward.platform.openapi import ERROR_SHAPE
 from steward.platform.resources import Resources
 from steward.platform.streaming import sse_response
@@ -194,11 +201,68 @@ _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/models", summary="Models the gateway serves (a Steward API key)", responses=_ERRORS)
 async def list_models(request: Request, _: GatewayCaller) -> dict[str, Any]:
+    resources = resources_of(request)
+    embedder = resources.get(Knowledge).embedder
     return {
         "object": "list",
-        "data": [{"id": model, "object": "model", "created": 0, "owned_by": provider.name}
-                 for model, provider in _models(resources_of(request))],
+        "data": [*({"id": model, "object": "model", "created": 0, "owned_by": provider.name}
+                   for model, provider in _models(resources)),
+                 {"id": embedder.model, "object": "model", "created": 0,
+                  "owned_by": embedder.name}],
     }  # fmt: skip
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=128, examples=["wordllama-l2-supercat-256"])
+    input: (
+        Annotated[Text, Field(min_length=1, max_length=32_000)]
+        | Annotated[
+            list[Annotated[Text, Field(min_length=1, max_length=32_000)]],
+            Field(min_length=1, max_length=2048),
+        ]
+    ) = Field(description="a text or a list of texts (token arrays are not accepted)")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Int32 | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+
+
+@router.post("/embeddings", summary="Embeddings with the knowledge embedder (a Steward API key)",
+             response_model=None, responses={**_ERRORS, 400: {"description": "invalid request"},
+                        404: {"description": "no such embedding model"},
+                        502: {"description": "the embedder failed"}})  # fmt: skip
+async def embeddings(
+    request: Request, body: EmbeddingRequest, _: GatewayCaller
+) -> dict[str, Any] | Response:
+    embedder = resources_of(request).get(Knowledge).embedder
+    if body.model not in (embedder.model, embedder.name):
+        raise NotFound(f"the embedding model {body.model!r} is not served here; "
+                       f"use {embedder.model!r}")  # fmt: skip
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    try:
+        vectors = await embedder.embed(texts)
+    except EmbeddingError as exc:
+        return openai_error(502, f"the embedder failed: {exc}")
+    if body.dimensions is not None and body.dimensions != len(vectors[0]):
+        raise BadRequest(
+            f"this model makes {len(vectors[0])} dimensions", extra={"param": "dimensions"}
+        )
+    used = sum(count_tokens(text) for text in texts)
+    return {
+        "object": "list",
+        "model": embedder.model,
+        "data": [{"object": "embedding", "index": index, "embedding": _encoded(vector,
+                  body.encoding_format)} for index, vector in enumerate(vectors)],
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }  # fmt: skip
+
+
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vector
+    # What the SDK asks for by default: little-endian float32, base64.
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 @router.post("/chat/completions", summary="Chat Completions, streamed or not (a Steward API key)",
