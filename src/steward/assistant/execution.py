@@ -7,6 +7,7 @@ own task, with a watcher for cancels and stalls) and owns the rest of the run's 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ RUNS = Counter("steward_assistant_runs_total", "Runs by provider and final statu
                ["provider", "status"])  # fmt: skip
 TOKENS = Counter("steward_assistant_tokens_total", "Tokens used by provider and kind.",
                  ["provider", "kind"])  # fmt: skip
+
+
+_CITE = re.compile(r"\[(\d{1,3})\]")
 
 
 class Stalled(ProviderUnavailable):
@@ -112,6 +116,26 @@ class Execution:
         # time). Checked by the run's watcher, not by a timer per chunk (see drive).
         self.idle_deadline: float | None = None
         self.stalled = False
+        # Sources that tools returned, numbered across the run as the model cites them.
+        self.sources: dict[int, dict[str, Any]] = {}
+        self.citations: list[dict[str, Any]] = []
+
+    def _number_sources(self, result: dict[str, Any]) -> None:
+        """Give a tool result's `sources` the run's next numbers (the model cites [n])."""
+        for source in result.get("sources") or ():
+            source["index"] = len(self.sources) + 1
+            self.sources[source["index"]] = source
+
+    def _cited(self) -> list[dict[str, Any]]:
+        """The sources the final answer cites, in the order it first cites them."""
+        cited: list[dict[str, Any]] = []
+        for number in dict.fromkeys(int(n) for n in _CITE.findall(self.final_text or "")):
+            source = self.sources.get(number)
+            if source is not None:
+                cited.append({"index": number, "document_id": source["document_id"],
+                              "chunk_id": source["chunk_id"], "title": source["title"],
+                              "snippet": source["text"][: tools.SNIPPET_CHARS]})  # fmt: skip
+        return cited
 
     async def events(self) -> AsyncIterator[RunEvent]:
         plan = self.plan
@@ -147,6 +171,9 @@ class Execution:
                 async for event in self._rounds(provider, prompt, history):
                     yield event
             self.status = RunStatus.SUCCEEDED
+            self.citations = self._cited()
+            for citation in self.citations:
+                yield RunEvent("citation", citation)
         except (ProviderError, TimeoutError) as exc:
             error = _problem(exc)
             log.warning("assistant.run_failed", run_id=str(plan.run_id), provider=plan.provider,
@@ -240,6 +267,8 @@ class Execution:
                     function["name"], function["arguments"], caller=plan.caller(),
                     resources=self.resources,
                 )  # fmt: skip
+                if ok:
+                    self._number_sources(result)
                 key = "result" if ok else "error"
                 payload = result if ok else result.get("error")
                 yield RunEvent("tool_result", {"id": call["id"], "name": function["name"],
@@ -281,7 +310,7 @@ class Execution:
                                               content=self.final_text)  # fmt: skip
                 won = await repository.finish_run(
                     session, run_id=self.plan.run_id, status=status, usage=self.usage,
-                    first_token_at=self.first_token_at, error=error,
+                    first_token_at=self.first_token_at, error=error, citations=self.citations,
                 )  # fmt: skip
                 if not won:
                     run = await session.get(Run, self.plan.run_id)

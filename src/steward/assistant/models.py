@@ -98,6 +98,8 @@ class Run(Base):
     total_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The sources the answer cited (knowledge search results), as its `citation` events.
+    citations: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     first_token_at: Mapped[datetime | None]

@@ -4,7 +4,9 @@ key. Every reply starts with "[offline]". It streams word by word and can call t
 - "list my todos" (or "show my todos") calls `list_todos`;
 - "add todo: <title>" (or "remind me to <title>") calls `create_todo`;
 - "complete todo <id>" calls `complete_todo`;
-- after a tool result it reports that result; anything else is echoed back.
+- a question about "my documents" / "my notes" (or 文档, 资料, 知识库) calls
+  `search_knowledge` with the question, then answers with the best passages, cited [n];
+- after another tool result it reports that result; anything else is echoed back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ _INTENTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:add todo|create todo|remind me to)\s*:?\s*(?P<title>.+)", re.I),
      "create_todo"),
     (re.compile(r"\bcomplete todo\s+(?P<id>[0-9a-f-]{36})", re.I), "complete_todo"),
+    (re.compile(r"\b(?:my|our|the)\s+(?:documents?|docs|notes|files|knowledge)\b|"
+                r"文档|资料|知识库|笔记", re.I), "search_knowledge"),
 )  # fmt: skip
+_CITED_CHARS = 200
 
 
 def _intent(text: str, available: set[str]) -> tuple[str, dict[str, Any]] | None:
@@ -47,6 +52,8 @@ def _intent(text: str, available: set[str]) -> tuple[str, dict[str, Any]] | None
             return tool, {"title": match["title"].strip().rstrip(".")[:200]}
         if tool == "complete_todo":
             return tool, {"todo_id": match["id"]}
+        if tool == "search_knowledge":
+            return tool, {"query": text[:1000], "k": 3}
         return tool, {}
     return None
 
@@ -54,6 +61,8 @@ def _intent(text: str, available: set[str]) -> tuple[str, dict[str, Any]] | None
 def _reply(request: ChatRequest) -> str | tuple[str, dict[str, Any]]:
     last = request.messages[-1] if request.messages else {"role": "user", "content": ""}
     if last["role"] == "tool":
+        if last.get("name") == "search_knowledge":
+            return _answer_from_sources(str(last.get("content") or "{}"))
         return f"{PREFIX} The tool {last.get('name') or 'call'} answered: {last.get('content')}"
     text = str(last.get("content") or "")
     available = {tool["function"]["name"] for tool in request.tools}
@@ -64,6 +73,18 @@ def _reply(request: ChatRequest) -> str | tuple[str, dict[str, Any]]:
         f"{PREFIX} No language model is configured, so this is the offline assistant. "
         f"You said: {text}"
     )
+
+
+def _answer_from_sources(content: str) -> str:
+    """Quote the best passage and cite it and the others, as a model told to cite would."""
+    sources = orjson.loads(content).get("sources") or []
+    if not sources:
+        return f"{PREFIX} I found nothing about that in your documents."
+    best = sources[0]
+    quote = " ".join(str(best["text"]).split())[:_CITED_CHARS]
+    others = " ".join(f"[{source['index']}]" for source in sources[1:])
+    also = f" See also {others}." if others else ""
+    return f'{PREFIX} From your documents, {best["title"]}: "{quote}" [{best["index"]}].{also}'
 
 
 class OfflineProvider:

@@ -282,6 +282,7 @@ _FINISH_RUN = (
         finished_at=bindparam("new_finished_at"),
         # None as SQL NULL, as a literal None in values() would be (not JSON null).
         error=bindparam("new_error", type_=JSONB(none_as_null=True)),
+        citations=bindparam("new_citations", type_=JSONB()),
     )
     .returning(Run.id)
 )
@@ -295,6 +296,7 @@ async def finish_run(
     usage: Usage,
     first_token_at: datetime | None = None,
     error: dict[str, Any] | None = None,
+    citations: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Record how a run ended; False if it had already ended (a cancel won the race)."""
     result = await session.execute(_FINISH_RUN, {
@@ -302,7 +304,7 @@ async def finish_run(
         "new_prompt_tokens": usage.prompt_tokens,
         "new_completion_tokens": usage.completion_tokens,
         "new_total_tokens": usage.total_tokens, "new_first_token_at": first_token_at,
-        "new_finished_at": _now(), "new_error": error,
+        "new_finished_at": _now(), "new_error": error, "new_citations": citations or [],
     })  # fmt: skip
     return result.scalar_one_or_none() is not None
 

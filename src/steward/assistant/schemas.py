@@ -64,6 +64,16 @@ class UsageRead(BaseModel):
     total_tokens: int
 
 
+class Citation(BaseModel):
+    """A source the answer cites as `[index]`: a chunk of a knowledge document."""
+
+    index: int
+    document_id: uuid.UUID
+    chunk_id: uuid.UUID
+    title: str
+    snippet: str
+
+
 class RunRead(BaseModel):
     id: uuid.UUID
     conversation_id: uuid.UUID
@@ -77,6 +87,7 @@ class RunRead(BaseModel):
     usage: UsageRead
     attempts: int
     error: dict[str, Any] | None
+    citations: list[Citation] = Field(description="sources the answer cited, by `[index]`")
     created_at: datetime
     started_at: datetime | None
     first_token_at: datetime | None

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from steward.assistant import repository
 from steward.assistant.models import Conversation, Message, Run, UsageDay
-from steward.assistant.schemas import MessageRead, RunRead, UsageRead
+from steward.assistant.schemas import Citation, MessageRead, RunRead, UsageRead
 from steward.platform.errors import NotFound, QuotaExceeded
 from steward.platform.pagination import newest_first
 
@@ -102,6 +102,7 @@ def run_read(run: Run, messages: list[Message]) -> RunRead:
         ),
         attempts=run.attempts,
         error=run.error,
+        citations=[Citation.model_validate(c) for c in run.citations or []],
         created_at=run.created_at,
         started_at=run.started_at,
         first_token_at=run.first_token_at,

@@ -16,6 +16,8 @@ import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.knowledge import service as knowledge
+from steward.knowledge.schemas import SearchMode
 from steward.platform.errors import StewardError
 from steward.platform.resources import Resources
 from steward.todos import service as todos
@@ -67,7 +69,14 @@ class UpdateTodoArgs(BaseModel):
     done: bool | None = None
 
 
-Handler = Callable[[AsyncSession, Caller, Any], Awaitable[Any]]
+class SearchKnowledgeArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=1000, description="what to look for")
+    k: int = Field(default=5, ge=1, le=10, description="how many passages")
+
+
+Handler = Callable[[AsyncSession, Caller, Any, Resources], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +108,9 @@ def _todo(todo: Any) -> dict[str, Any]:
     return TodoRead.model_validate(todo).model_dump(mode="json", exclude={"version"})
 
 
-async def _list_todos(session: AsyncSession, caller: Caller, args: ListTodosArgs) -> Any:
+async def _list_todos(
+    session: AsyncSession, caller: Caller, args: ListTodosArgs, resources: Resources
+) -> Any:
     rows, _ = await todos.list_todos(
         session,
         owner_id=caller.user_id,
@@ -109,22 +120,52 @@ async def _list_todos(session: AsyncSession, caller: Caller, args: ListTodosArgs
     return {"todos": [_todo(row) for row in rows]}
 
 
-async def _create_todo(session: AsyncSession, caller: Caller, args: CreateTodoArgs) -> Any:
+async def _create_todo(
+    session: AsyncSession, caller: Caller, args: CreateTodoArgs, resources: Resources
+) -> Any:
     created = await todos.create(
         session, owner_id=caller.user_id, todo_in=TodoCreate(**args.model_dump())
     )
     return {"todo": created.body}
 
 
-async def _complete_todo(session: AsyncSession, caller: Caller, args: CompleteTodoArgs) -> Any:
+async def _complete_todo(
+    session: AsyncSession, caller: Caller, args: CompleteTodoArgs, resources: Resources
+) -> Any:
     todo = await todos.get(session, owner_id=caller.user_id, todo_id=args.todo_id, for_update=True)
     return {"todo": _todo(await todos.set_done(session, todo=todo, done=True))}
 
 
-async def _update_todo(session: AsyncSession, caller: Caller, args: UpdateTodoArgs) -> Any:
+async def _update_todo(
+    session: AsyncSession, caller: Caller, args: UpdateTodoArgs, resources: Resources
+) -> Any:
     todo = await todos.get(session, owner_id=caller.user_id, todo_id=args.todo_id, for_update=True)
     change = TodoUpdate(**args.model_dump(exclude={"todo_id"}, exclude_unset=True))
     return {"todo": _todo(await todos.update(session, todo=todo, change=change))}
+
+
+# How much of a passage the model reads, and how much a citation shows.
+_PASSAGE_CHARS = 1500
+SNIPPET_CHARS = 240
+
+
+async def _search_knowledge(
+    session: AsyncSession, caller: Caller, args: SearchKnowledgeArgs, resources: Resources
+) -> Any:
+    hits, _ = await knowledge.search(
+        session, resources.get(knowledge.Knowledge), owner_id=caller.user_id, q=args.query,
+        k=args.k, mode=SearchMode.HYBRID,
+    )  # fmt: skip
+    # Numbered by the run (execution.py renumbers `sources` across calls); the model cites
+    # them as [n].
+    return {
+        "sources": [
+            {"index": i, "document_id": str(hit.document_id), "chunk_id": str(hit.chunk_id),
+             "title": hit.title, "text": hit.text[:_PASSAGE_CHARS]}
+            for i, hit in enumerate(hits, start=1)
+        ],
+        "instructions": "Answer from these sources and cite each one you use as [index].",
+    }  # fmt: skip
 
 
 TOOLS: dict[str, Tool] = {
@@ -138,6 +179,9 @@ TOOLS: dict[str, Tool] = {
              "todos:write", _complete_todo),
         Tool("update_todo", "Change fields of one of the user's todos.", UpdateTodoArgs,
              "todos:write", _update_todo),
+        Tool("search_knowledge", "Search the user's documents (and those shared with everyone) "
+             "for passages about a question; returns numbered sources to cite as [n].",
+             SearchKnowledgeArgs, "knowledge:read", _search_knowledge),
     )
 }  # fmt: skip
 
@@ -176,7 +220,7 @@ async def call(
         return _problem(f"invalid arguments: {details}"), False
     try:
         async with resources.transaction() as session:
-            result = await tool.handler(session, caller, parsed)
+            result = await tool.handler(session, caller, parsed, resources)
     except StewardError as exc:
         return _problem(exc.detail), False
     log.info("assistant.tool_called", tool=name, user_id=str(caller.user_id))
