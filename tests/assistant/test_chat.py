@@ -143,7 +143,7 @@ async def test_tools_read_and_change_only_the_callers_todos(
     assert followup[-3]["tool_calls"][0]["function"]["name"] == "list_todos"
     assert [m["tool_call_id"] for m in followup[-2:]] == ["call_0", "call_1"]
     assert {t["function"]["name"] for t in fake.requests[0]["tools"]} == {
-        "list_todos", "create_todo", "complete_todo", "update_todo",
+        "list_todos", "create_todo", "complete_todo", "update_todo", "search_knowledge",
     }  # fmt: skip
 
 

@@ -68,7 +68,7 @@ _UPLOAD_BODY = {
 }  # fmt: skip
 
 
-def _knowledge(request: Request) -> service.Knowledge:
+async def _knowledge(request: Request) -> service.Knowledge:
     return resources_of(request).get(service.Knowledge)
 
 
@@ -221,9 +221,15 @@ async def delete_document(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+_SEARCH_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH,
+    422: {"description": "invalid, or mode=vector where the database lacks pgvector"},
+    503: {"description": "the embedder is unavailable (mode=vector)"},
+}
+
+
 @router.get("/search", summary="The chunks of own and shared documents that best answer `q` "
-            "(scope knowledge:read)", responses={**_AUTH, 503: {"description": "vector "
-            "search unavailable (mode=vector)"}})  # fmt: skip
+            "(scope knowledge:read)", responses=_SEARCH_ERRORS)  # fmt: skip
 async def search(
     _: KnowledgeReader,
     owner_id: CurrentUserId,

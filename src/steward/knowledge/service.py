@@ -18,7 +18,7 @@ from steward.knowledge import lexical
 from steward.knowledge.embedders import Embedder, EmbeddingError, embedder_for
 from steward.knowledge.models import Document, DocumentStatus
 from steward.knowledge.schemas import DocumentRead, SearchHit, SearchMode
-from steward.platform.errors import NotFound, ServiceUnavailable
+from steward.platform.errors import NotFound, ServiceUnavailable, UnprocessableContent
 from steward.platform.pagination import newest_first
 from steward.platform.pubsub import user_channel
 from steward.platform.resources import Resources, provide
@@ -220,8 +220,13 @@ async def _vector_hits(
     exact: bool = False,
 ) -> list[SearchHit]:  # fmt: skip
     table, filtered_scan = await knowledge.vectors(session)
-    if not table:
-        raise ServiceUnavailable("vector search needs pgvector, which this database lacks")
+    if not table:  # a property of this deployment, not an outage: the caller's 422
+        raise UnprocessableContent(
+            "mode=vector needs pgvector, which this server's database lacks; use hybrid or "
+            "lexical",
+            errors=[{"loc": ["query", "mode"], "msg": "vector search unavailable",
+                     "type": "unavailable"}],
+        )  # fmt: skip
     try:
         [vector] = await knowledge.embedder.embed([q])
     except EmbeddingError as exc:
@@ -289,6 +294,6 @@ async def search(
     lexical_hits = await _lexical_hits(session, owner_id=owner_id, q=q, k=depth)
     try:
         vector_hits = await _vector_hits(session, knowledge, owner_id=owner_id, q=q, k=depth)
-    except ServiceUnavailable:
+    except (ServiceUnavailable, UnprocessableContent):
         return lexical_hits[:k], SearchMode.LEXICAL
     return fuse([vector_hits, lexical_hits], k), mode
