@@ -8,6 +8,7 @@ that noise from the shared machine lands on every target alike.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -162,7 +163,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--only", choices=["http", "streams", "errors"], help="run one part only")
+    parser.add_argument("--only", choices=["http", "streams", "errors", "knowledge"],
+                        help="run one part only")  # fmt: skip
+    parser.add_argument("--knowledge-chunks", type=int, default=100_000,
+                        help="chunks in the search latency part")  # fmt: skip
     parser.add_argument("--error-requests", type=int, default=300,
                         help="requests of each kind in the errors part")  # fmt: skip
     parser.add_argument("--token-delay", type=float, default=0.05,
@@ -199,6 +203,29 @@ def main() -> None:
             stream_benchmarks(args, engines, steward_env)
         if args.only in (None, "errors"):
             error_benchmarks(args, engines)
+        if args.only in (None, "knowledge"):
+            knowledge_benchmarks(args, engines)
+
+
+def knowledge_benchmarks(args: argparse.Namespace, engines: Any) -> None:
+    from tests.engines import provide_vector_engines
+
+    from bench import knowledge
+
+    with provide_vector_engines(engines) as vector:
+        from steward.platform import migrations
+
+        if vector is not engines:
+            migrations.upgrade(vector.database_url)
+        results = anyio.run(knowledge.run, vector.database_url, vector.redis_url,
+                            args.knowledge_chunks)  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "knowledge.json").write_text(json.dumps(results, indent=2, default=str))
+    update_results("Knowledge", [
+        f"Written by `python -m bench.run --only knowledge --knowledge-chunks "
+        f"{args.knowledge_chunks}` (part of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} "
+        f"UTC; PostgreSQL with pgvector: {vector.kind}.", "", *knowledge.markdown(results),
+    ])  # fmt: skip
 
 
 def error_benchmarks(args: argparse.Namespace, engines: Any) -> None:
@@ -400,7 +427,7 @@ def write_results(
     update_results("HTTP", lines)
 
 
-SECTIONS = ("HTTP", "Streams", "Errors", "Analysis")
+SECTIONS = ("HTTP", "Streams", "Errors", "Knowledge", "Analysis")
 
 
 def update_results(title: str, lines: list[str]) -> None:

@@ -23,6 +23,7 @@ from steward.jobs import router as jobs_router
 from steward.knowledge import router as knowledge_router
 from steward.notifications import router as realtime_router
 from steward.platform import errors, health, openapi, tracing
+from steward.platform.api import API_V1
 from steward.platform.logging import configure_logging
 from steward.platform.metrics import MetricsMiddleware, watch_event_loop
 from steward.platform.middleware import (
@@ -76,7 +77,10 @@ def _middleware(settings: Settings) -> list[Middleware]:
                 max_age=600,
             )
         )
-    stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes))
+    # Document uploads carry their own limit (plus room for the multipart envelope).
+    uploads = {f"{API_V1}/knowledge/documents": settings.knowledge_max_bytes + 65_536}
+    stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
+                            per_path=uploads, openai_prefixes=("/v1/",)))  # fmt: skip
     return stack
 
 

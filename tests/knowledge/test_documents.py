@@ -151,6 +151,13 @@ async def test_uploads_are_limited_and_typed(
 ) -> None:
     alice = await make_account(client)
     headers = alice.headers
+    # Above the API's general body limit (1 MiB), within the uploads' own.
+    assert vector_settings.max_body_bytes < 2_000_000 < vector_settings.knowledge_max_bytes
+    large = ("A paragraph of a large manual. " * 40 + "\n\n") * 1600
+    response = await client.post(DOCS, files={"file": ("manual.txt", large.encode(), "text/plain")},
+                                 headers=headers)  # fmt: skip
+    assert response.status_code == 202, response.text
+    assert response.json()["byte_size"] == len(large.encode()) > 1_900_000
     too_big = "x" * (vector_settings.knowledge_max_bytes + 1)
     response = await client.post(DOCS, json={"title": "big", "text": too_big}, headers=headers)
     assert response.status_code == 413

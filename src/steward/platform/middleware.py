@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 
+import orjson
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -206,27 +207,58 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than {max_bytes} bytes")
 
 
-class BodySizeLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with 413, by header or while streaming."""
+async def _send_openai_error(send: Send, status: int, detail: str) -> None:
+    body = orjson.dumps({"error": {"message": detail, "type": "invalid_request_error",
+                                   "param": None, "code": None}})  # fmt: skip
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+
+class BodySizeLimitMiddleware:
+    """Refuses request bodies over `max_bytes` (or a path's own limit in `per_path`) with
+    413, by header or while streaming; in OpenAI's error shape under `openai_prefixes`
+    (the routes that answer every error so)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        per_path: dict[str, int] | None = None,
+        openai_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_bytes = max_bytes
+        self.per_path = per_path or {}
+        self.openai_prefixes = openai_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        max_bytes = self.per_path.get(path, self.default_bytes)
+        detail = f"the request body is larger than {max_bytes} bytes"
+        openai = path.startswith(self.openai_prefixes) if self.openai_prefixes else False
+
+        async def refuse(status: int, message: str) -> None:
+            if openai:
+                await _send_openai_error(send, status, message)
+            else:
+                await send_problem(send, scope, status, message)
+
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    await send_problem(send, scope, 400, "Content-Length is not a number")
+                    await refuse(400, "Content-Length is not a number")
                     return
-                if declared > self.max_bytes:
-                    await send_problem(send, scope, 413, self._detail())
+                if declared > max_bytes:
+                    await refuse(413, detail)
                     return
             elif name == b"transfer-encoding":
                 chunked = True
@@ -244,8 +276,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise _BodyTooLarge(max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -259,7 +291,4 @@ class BodySizeLimitMiddleware:
         except _BodyTooLarge:
             if started:
                 raise
-            await send_problem(send, scope, 413, self._detail())
-
-    def _detail(self) -> str:
-        return f"the request body is larger than {self.max_bytes} bytes"
+            await refuse(413, detail)

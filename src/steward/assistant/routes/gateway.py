@@ -231,6 +231,7 @@ class EmbeddingRequest(BaseModel):
 @router.post("/embeddings", summary="Embeddings with the knowledge embedder (a Steward API key)",
              response_model=None, responses={**_ERRORS, 400: {"description": "invalid request"},
                         404: {"description": "no such embedding model"},
+                        413: {"description": "body over the size limit"},
                         502: {"description": "the embedder failed"}})  # fmt: skip
 async def embeddings(
     request: Request, body: EmbeddingRequest, _: GatewayCaller
