@@ -190,3 +190,39 @@ async def test_uploads_are_limited_and_typed(
                    {"q": "a", "k": 51}, {"q": "a", "mode": "fuzzy"}):  # fmt: skip
         response = await client.get(SEARCH, params=params, headers=headers)
         assert response.status_code == 422, params
+
+
+async def test_a_document_deleted_mid_ingest_settles_quietly(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    alice = await make_account(client)
+    document = await upload(client, alice, "Policies", ENGLISH)
+    parsed = uuid.UUID(str(document["id"]))
+    prepared = await ingestion.prepare(resources, parsed)
+    assert prepared is not None
+    assert prepared.space is not None
+    assert prepared.batches
+    deleted = await client.delete(f"{DOCS}/{document['id']}", headers=alice.headers)
+    assert deleted.status_code == 204
+    # The batch and the callback that were already on their way find nothing to do.
+    assert await ingestion.embed_batch(resources, parsed, prepared.space, prepared.batches[0]) == 0
+    assert await ingestion.finish(resources, parsed, prepared.space) == "settled"
+    assert await ingestion.prepare(resources, parsed) is None
+    async with resources.transaction() as session:
+        left = await session.execute(text("SELECT count(*) FROM knowledge_embeddings"))
+        assert left.scalar_one() == 0
+
+
+async def test_extraction_failure_fails_the_document_with_its_reason(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    alice = await make_account(client)
+    response = await client.post(
+        DOCS, files={"file": ("broken.pdf", b"%PDF-1.4 not really", "application/pdf")},
+        headers=alice.headers,
+    )  # fmt: skip
+    assert response.status_code == 202
+    assert await ingestion.prepare(resources, uuid.UUID(response.json()["id"])) is None
+    failed = (await client.get(f"{DOCS}/{response.json()['id']}", headers=alice.headers)).json()
+    assert failed["status"] == "failed"
+    assert "PDF" in failed["error"]

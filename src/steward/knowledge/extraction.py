@@ -173,15 +173,16 @@ def _html(content: bytes) -> list[Section]:
 
 def _pdf(content: bytes) -> list[Section]:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(content))
         if reader.is_encrypted:
             raise ExtractionError("the PDF is encrypted")
         pages = [page.extract_text() or "" for page in reader.pages]
-    except PyPdfError as exc:
-        raise ExtractionError(f"the PDF could not be read: {exc}") from exc
+    except ExtractionError:
+        raise
+    except Exception as exc:  # a malformed PDF makes pypdf raise many kinds of error
+        raise ExtractionError(f"the PDF could not be read: {type(exc).__name__}") from exc
     section = Section("")
     for page in pages:
         section.paragraphs.extend(_paragraphs(page.replace("\x00", "")))

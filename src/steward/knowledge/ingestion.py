@@ -159,9 +159,12 @@ async def embed_batch(
     async with resources.transaction() as session:
         await session.execute(
             text(
+                # Joined with the chunks: a document deleted meanwhile takes its chunks
+                # with it, and their vectors are simply not stored.
                 "INSERT INTO knowledge_embeddings (chunk_id, space, dimensions, embedding) "
-                "SELECT unnest(CAST(:ids AS uuid[])), :space, :dims, "
-                "unnest(CAST(CAST(:vectors AS text[]) AS vector[])) "
+                "SELECT c.id, :space, :dims, v.embedding FROM unnest(CAST(:ids AS uuid[]), "
+                "CAST(CAST(:vectors AS text[]) AS vector[])) AS v(id, embedding) "
+                "JOIN knowledge_chunks c ON c.id = v.id "
                 "ON CONFLICT (chunk_id, space) DO UPDATE SET embedding = EXCLUDED.embedding, "
                 "dimensions = EXCLUDED.dimensions"
             ),
