@@ -109,54 +109,33 @@ async def quality(resources: Any) -> dict[str, dict[str, dict[str, float]]]:
     return results
 
 
-_WORDS = [
-    "order",
-    "refund",
-    "parcel",
-    "delivery",
-    "warranty",
-    "battery",
-    "account",
-    "password",
-    "invoice",
-    "meeting",
-    "team",
-    "holiday",
-    "coffee",
-    "sleep",
-    "garden",
-    "bicycle",
-    "backup",
-    "parking",
-    "visitor",
-    "garage",
-    "storage",
-    "schedule",
-    "report",
-    "budget",
-    "contract",
-    "supplier",
-    "customer",
-    "service",
-    "update",
-    "release",
-    "feature",
-    "ticket",
-    "bug",
-]
-_HAN = (
-    "订单退款快递保修电池账户密码发票会议团队假期咖啡睡眠花园"
-    "自行车备份停车访客仓库计划报告预算合同供应客户服务版本功能问题"
-)
+def _vocabulary(rng: random.Random) -> tuple[list[str], list[str], list[float], list[float]]:
+    """20,000 made-up English words and 3,000 Han characters, each drawn with Zipf weights
+    (1/rank), as words are in real text: a few terms are in many chunks, most in few."""
+    syllables = [a + b for a in "bdfgklmnprstvz" for b in "aeiou"]
+    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(2, 4)))
+                    for _ in range(30_000)})[:20_000]  # fmt: skip
+    rng.shuffle(words)
+    han = [chr(0x4E00 + i) for i in rng.sample(range(0x5000), 3000)]
+    return words, han, [1 / r for r in range(1, len(words) + 1)], [1 / r for r in range(1, 3001)]
 
 
-def _synthetic(rng: random.Random, n: int) -> list[str]:
+_VOCABULARY: tuple[list[str], list[str], list[float], list[float]] | None = None
+
+
+def _synthetic(rng: random.Random, n: int, *, lo: int = 40, hi: int = 120) -> list[str]:
+    """n passages, alternately English-like and Chinese-like, lo..hi terms each."""
+    global _VOCABULARY
+    if _VOCABULARY is None:
+        _VOCABULARY = _vocabulary(random.Random(3))
+    words, han, word_weights, han_weights = _VOCABULARY
     texts = []
     for i in range(n):
+        size = rng.randint(lo, hi)
         if i % 2:
-            texts.append(" ".join(rng.choice(_WORDS) for _ in range(rng.randint(25, 60))) + ".")
+            texts.append(" ".join(rng.choices(words, word_weights, k=size)) + ".")
         else:
-            texts.append("".join(rng.choice(_HAN) for _ in range(rng.randint(40, 100))) + "。")
+            texts.append("".join(rng.choices(han, han_weights, k=size)) + "。")
     return texts
 
 
@@ -248,7 +227,7 @@ async def latency(resources: Any, chunks: int, queries: int = 200) -> dict[str, 
         await session.execute(text("ANALYZE knowledge_chunks"))
         await session.execute(text("ANALYZE knowledge_embeddings"))
     rng = random.Random(5)
-    questions = [t[:60] for t in _synthetic(rng, queries)]
+    questions = _synthetic(rng, queries, lo=6, hi=12)  # question-sized
     knowledge = resources.get(service.Knowledge)
     out: dict[str, Any] = {"chunks": chunks, "load_s": loaded_s, "queries": queries}
     tops: dict[str, list[list[uuid.UUID]]] = {}
