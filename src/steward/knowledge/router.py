@@ -84,6 +84,12 @@ class _Upload(BaseModel):
     shared: bool = False
 
 
+def _invalid(exc: ValidationError) -> RequestValidationError:
+    """The body's validation errors as FastAPI reports them (the same 422 problem)."""
+    errors = exc.errors(include_url=False, include_context=False)
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
+
+
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
@@ -102,10 +108,7 @@ async def _read_upload(request: Request, limit: int) -> _Upload:
         try:
             parsed = DocumentCreate.model_validate_json(await _body(request, limit))
         except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False,
-                                                                        include_context=False)]
-            ) from None  # fmt: skip
+            raise _invalid(exc) from None
         content = parsed.text.encode()
         if len(content) > limit:
             raise PayloadTooLarge(f"documents may be at most {limit} bytes")
@@ -134,10 +137,7 @@ async def _read_upload(request: Request, limit: int) -> _Upload:
     try:
         return _Upload(title=title.strip()[:200], media_type=media_type, content=content)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False,
-                                                                    include_context=False)]
-        ) from None  # fmt: skip
+        raise _invalid(exc) from None
 
 
 @router.post(
