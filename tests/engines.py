@@ -7,6 +7,7 @@ STEWARD_TEST_REDIS_URL to point the suite at specific servers.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -174,6 +175,7 @@ def provide_engines() -> Iterator[EngineSet]:
         anyio.run(_drop_database, admin_url, name)
         if embedded is not None:
             embedded.stop()
+            shutil.rmtree(embedded.data_dir, ignore_errors=True)
 
 
 async def _has_pgvector(url: str) -> bool:
@@ -201,3 +203,4 @@ def provide_vector_engines(base: EngineSet) -> Iterator[EngineSet]:
         yield EngineSet(_with_database(admin_url, name), base.redis_url, "embedded")
     finally:
         embedded.stop()
+        shutil.rmtree(embedded.data_dir, ignore_errors=True)  # a fresh cluster per session

@@ -226,3 +226,28 @@ async def test_extraction_failure_fails_the_document_with_its_reason(
     failed = (await client.get(f"{DOCS}/{response.json()['id']}", headers=alice.headers)).json()
     assert failed["status"] == "failed"
     assert "PDF" in failed["error"]
+
+
+async def test_ingestions_that_never_finish_are_reaped(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    alice = await make_account(client)
+    stuck = await upload(client, alice, "Stuck", ENGLISH)
+    fresh = await upload(client, alice, "Fresh", CHINESE)
+    async with resources.transaction() as session:
+        await session.execute(
+            text("UPDATE knowledge_documents SET updated_at = now() - interval '2 hours' "
+                 "WHERE id = :id"), {"id": stuck["id"]},
+        )  # fmt: skip
+    assert await ingestion.reap(resources) == 1
+    read = (await client.get(f"{DOCS}/{stuck['id']}", headers=alice.headers)).json()
+    assert read["status"] == "failed"
+    assert "did not finish" in read["error"]
+    assert (await client.get(f"{DOCS}/{fresh['id']}", headers=alice.headers)).json()[
+        "status"] == "queued"  # fmt: skip
+    # Uploading the same content again queues it again.
+    body = {"title": "Stuck", "text": ENGLISH, "media_type": "text/markdown"}
+    again = await client.post(DOCS, json=body, headers=alice.headers)
+    assert again.json()["id"] == stuck["id"]
+    assert again.json()["status"] == "queued"
+    assert again.json()["error"] is None
