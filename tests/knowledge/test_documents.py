@@ -251,3 +251,26 @@ async def test_ingestions_that_never_finish_are_reaped(
     assert again.json()["id"] == stuck["id"]
     assert again.json()["status"] == "queued"
     assert again.json()["error"] is None
+
+
+async def test_a_narrow_api_key_gets_403_and_the_service_key_no_user(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    alice = await make_account(client)
+    document = await upload(client, alice, "Policies", ENGLISH)
+    keys = "/api/v1/api-keys"
+    created = await client.post(keys, json={"name": "todos", "scopes": ["todos:read"]},
+                                headers=alice.headers)  # fmt: skip
+    narrow = {"x-api-key": created.json()["secret"]}
+    one = f"{DOCS}/{document['id']}"
+    for method, url in (("GET", DOCS), ("GET", one), ("DELETE", one), ("GET", f"{SEARCH}?q=a")):
+        response = await client.request(method, url, headers=narrow)
+        assert response.status_code == 403, (method, url, response.text)
+    response = await client.post(DOCS, json={"title": "t", "text": "x"}, headers=narrow)
+    assert response.status_code == 403
+    reader = await client.post(keys, json={"name": "r", "scopes": ["knowledge:read"]},
+                               headers=alice.headers)  # fmt: skip
+    read_only = {"x-api-key": reader.json()["secret"]}
+    assert (await client.get(f"{DOCS}/{document['id']}", headers=read_only)).status_code == 200
+    assert (await client.delete(f"{DOCS}/{document['id']}", headers=read_only)).status_code == 403
+    assert (await client.get(DOCS)).status_code == 401
