@@ -192,9 +192,15 @@ async def embed_batch(
     return len(rows)
 
 
+# Dimensions whose index this process has seen exist: one lookup per process, not per batch.
+_INDEXED: set[int] = set()
+
+
 async def _ensure_index(session: AsyncSession, dimensions: int) -> None:
     """Each dimension's vectors get their own partial HNSW index (the migration makes the
     offline embedder's 256); made the first time a model of another dimension is used."""
+    if dimensions in _INDEXED:
+        return
     name = f"ix_knowledge_embeddings_{int(dimensions)}"
     exists = await session.execute(text("SELECT to_regclass(:name)"), {"name": name})
     if exists.scalar() is None:
@@ -205,6 +211,11 @@ async def _ensure_index(session: AsyncSession, dimensions: int) -> None:
                 f"WHERE dimensions = {int(dimensions)}"
             )
         )
+
+    async def remember() -> None:
+        _INDEXED.add(dimensions)
+
+    after_commit(session).call(remember)
 
 
 async def finish(resources: Resources, document_id: uuid.UUID, space: str | None) -> str:
