@@ -149,10 +149,14 @@ async def test_an_embedder_that_refuses_fails_the_document_with_a_reason(
     assert "fake refused the request (400)" in document["error"]
     assert fake.embedding_inputs >= 1
     resources = Resources.open(vector_settings)
-    try:
+
+    async def letters() -> list[str]:
         async with resources.transaction() as session:
-            letters = await session.execute(text("SELECT task_name FROM dead_letters"))
-            assert [row[0] for row in letters] == ["steward.ingest.embed"]
+            rows = await session.execute(text("SELECT task_name FROM dead_letters"))
+            return [row[0] for row in rows]
+
+    try:
+        assert await wait_until(letters, what="the dead letter") == ["steward.ingest.embed"]
     finally:
         await resources.close()
 

@@ -84,16 +84,17 @@ class StewardTask(_TaskBase):
             raise Reject(exc, requeue=False) from exc
 
     def gave_up(self, exc: BaseException, args: Any, kwargs: Any) -> None:
-        """Called once when the task fails for good, before its dead letter is written: a
+        """Called once when the task fails for good, after its dead letter is written: a
         task whose failure leaves a record half-done (a document `processing`) settles it
         here. A rejected task reports no result, so nothing else (a chord) will."""
 
     def _give_up(self, exc: BaseException, args: Any, kwargs: Any) -> None:
+        # The dead letter first: whoever sees the record settled also finds the letter.
+        self._dead_letter(exc, args, kwargs)
         try:
             self.gave_up(exc, args, kwargs)
         except Exception:
             log.exception("task.gave_up_failed", task=self.name)
-        self._dead_letter(exc, args, kwargs)
 
     def _dead_letter(self, exc: BaseException, args: Any, kwargs: Any) -> None:
         attempts = (self.request.retries or 0) + 1
