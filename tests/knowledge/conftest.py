@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from steward.app import create_app
 from steward.platform import migrations
-from steward.platform.db import Base, async_url
+from steward.platform.db import async_url
 from steward.settings import Settings
 from tests.assistant.conftest import ServedFake, fake, fake_server  # noqa: F401 - fixtures
-from tests.conftest import LogCapture, make_settings
+from tests.conftest import LogCapture, empty_tables, make_settings
 from tests.engines import EngineSet, provide_vector_engines
 
 
@@ -40,9 +39,7 @@ async def vector_state(
     vector_engines: EngineSet, _vector_reset_engine: AsyncEngine, clean_state: None
 ) -> None:
     """Empty tables in the vector database (`clean_state` flushed Redis and the other)."""
-    async with _vector_reset_engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            await conn.execute(text(f'DELETE FROM "{table.name}"'))
+    await empty_tables(_vector_reset_engine)
 
 
 def embedder_settings(url: str, **overrides: Any) -> dict[str, Any]:
