@@ -3,6 +3,12 @@
 Workers are uvicorn workers; PROMETHEUS_MULTIPROC_DIR (set it to an empty, writable folder)
 makes /metrics sum every worker. Unsafe production settings stop the master before any
 worker starts, with a one-line reason.
+
+The application is loaded once, in the master, and each worker is a fork of it: a worker
+starts in milliseconds instead of the seconds an import of everything takes, so `HUP`
+(new settings, fresh workers) and `max_requests` recycling leave no gap in which nobody
+accepts. New code needs a new master: `USR2` then `QUIT` to the old one, or a rolling restart
+of instances (README, "Deployment").
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", str(max(2, multiprocessing.cpu_count()))))
 worker_class = "uvicorn_worker.UvicornWorker"
+preload_app = True
 graceful_timeout = 20
 timeout = 60
 keepalive = 5

@@ -334,10 +334,19 @@ def _celery(args: list[str]) -> None:
 
 @cli.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    concurrency: Annotated[
+        int, typer.Option(envvar="WORKER_CONCURRENCY", help="worker processes")
+    ] = 2,
 ) -> None:
-    """Run a Celery worker."""
-    queues = ",".join(get_settings().worker_queues)
+    """Run a Celery worker on the work queues (never the dead-letter queue)."""
+    settings = get_settings()
+    if settings.worker_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Pool processes count tasks in files the main process sums for its metrics server;
+        # set before anything imports prometheus_client.
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="steward-worker-metrics-")
+    queues = ",".join(settings.worker_queues)
     _celery(
         ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "-n", "steward@%h",
          "-Q", queues]

@@ -254,6 +254,13 @@ class Settings(BaseSettings):
         default=None, description="OTLP/HTTP collector base URL; setting it turns tracing on"
     )
     otel_service_name: str = "steward"
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="a Celery worker serves its /metrics here (0: not served)",
+    )  # fmt: skip
+    worker_metrics_host: str = Field(
+        default="127.0.0.1", description="address the worker's metrics server binds"
+    )
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
     @field_validator("cors_origins", "trusted_proxies", "worker_queues", "task_modules",

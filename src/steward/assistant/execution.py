@@ -35,6 +35,7 @@ from steward.assistant.providers import (
 from steward.assistant.resilience import Providers
 from steward.assistant.streams import RunEvent, RunLog
 from steward.assistant.usage import UsageMeter
+from steward.platform import tracing
 from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
 
@@ -217,37 +218,42 @@ class Execution:
             messages, _ = tokens.fit(system, history, budget=budget, model=plan.model)
             request = ChatRequest(model=plan.model, messages=messages, tools=offered,
                                   max_tokens=provider.config.max_output_tokens)  # fmt: skip
-            opened = await self.resources.get(Providers).open(provider, request)
             current = _Round()
-            chunks = aiter(opened.chunks())
-            loop = asyncio.get_running_loop()
-            idle = opened.provider.config.idle_timeout_s
-            while True:
-                self.idle_deadline = loop.time() + idle
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    # Only the watcher's own cancel becomes the error; any other stands.
-                    if not self.stalled or task is None or task.uncancel() > 0:
-                        raise
-                    raise Stalled(f"{opened.provider.name} stopped sending mid-reply",
-                                  provider=opened.provider.name) from None  # fmt: skip
-                finally:
-                    self.idle_deadline = None
-                if isinstance(chunk, TextDelta):
-                    self._first_token()
-                    current.text.append(chunk.text)
-                    yield RunEvent("token", {"delta": chunk.text})
-                elif isinstance(chunk, ToolCallDelta):
-                    self._first_token()
-                    current.add_call(chunk)
-                elif isinstance(chunk, Usage):
-                    self.usage = _add(self.usage, chunk)
-                elif isinstance(chunk, Finish) and chunk.reason == "length":
-                    log.info("assistant.reply_truncated", run_id=str(plan.run_id))
+            with tracing.ProviderCall(provider.name, plan.model) as traced:
+                opened = await self.resources.get(Providers).open(provider, request)
+                traced.answered_by(opened.provider.name)
+                chunks = aiter(opened.chunks())
+                loop = asyncio.get_running_loop()
+                idle = opened.provider.config.idle_timeout_s
+                while True:
+                    self.idle_deadline = loop.time() + idle
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        # Only the watcher's own cancel becomes the error; any other stands.
+                        if not self.stalled or task is None or task.uncancel() > 0:
+                            raise
+                        raise Stalled(f"{opened.provider.name} stopped sending mid-reply",
+                                      provider=opened.provider.name) from None  # fmt: skip
+                    finally:
+                        self.idle_deadline = None
+                    if isinstance(chunk, TextDelta):
+                        self._first_token()
+                        traced.first_token()
+                        current.text.append(chunk.text)
+                        yield RunEvent("token", {"delta": chunk.text})
+                    elif isinstance(chunk, ToolCallDelta):
+                        self._first_token()
+                        traced.first_token()
+                        current.add_call(chunk)
+                    elif isinstance(chunk, Usage):
+                        self.usage = _add(self.usage, chunk)
+                        traced.usage(chunk.prompt_tokens, chunk.completion_tokens)
+                    elif isinstance(chunk, Finish) and chunk.reason == "length":
+                        log.info("assistant.reply_truncated", run_id=str(plan.run_id))
             text = "".join(current.text)
             if not current.calls:
                 self.final_text = text

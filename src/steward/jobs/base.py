@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
-from steward.jobs import runtime
+from steward.jobs import metrics, runtime
 from steward.jobs.models import DeadLetter
 from steward.platform.resources import Resources
 from steward.settings import Settings, get_settings
@@ -76,6 +76,7 @@ class StewardTask(_TaskBase):
                     countdown_s=round(countdown, 2),
                     error=type(exc).__name__,
                 )
+                metrics.RETRIES.labels(self.name).inc()
                 raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
             self._give_up(exc, args, kwargs)
             raise Reject(exc, requeue=False) from exc
@@ -100,6 +101,7 @@ class StewardTask(_TaskBase):
         attempts = (self.request.retries or 0) + 1
         task_id = self.request.id or "eager"
         summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+        metrics.DEAD_LETTERS.labels(self.name).inc()
         log.error("task.dead_lettered", task=self.name, task_id=task_id, attempts=attempts,
                   error=type(exc).__name__)  # fmt: skip
 

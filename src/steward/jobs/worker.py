@@ -17,6 +17,7 @@ from celery.signals import (
     setup_logging,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
     worker_ready,
 )
@@ -24,6 +25,7 @@ from kombu import Exchange, Queue
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
+from steward.jobs import metrics
 from steward.platform import tracing
 from steward.platform.logging import configure_logging
 from steward.settings import Settings, get_settings
@@ -59,12 +61,16 @@ def _queues(amqp: bool) -> list[Queue]:
     # On RabbitMQ a rejected message (requeue=False) goes to a real dead-letter exchange.
     dead = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-dead-letter-routing-key": "dead"}
     return [
-        *(
-            Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=dead)
-            for name in QUEUES
-        ),
-        Queue(DEAD_LETTER_QUEUE, Exchange(DEAD_LETTER_EXCHANGE, type="direct"), routing_key="dead"),
+        Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=dead)
+        for name in QUEUES
     ]
+
+
+# Not among the app's queues: a worker started without `-Q` consumes every queue the app
+# lists, and one consuming this would run each failed task once more and empty it.
+DEAD_LETTERS = Queue(
+    DEAD_LETTER_QUEUE, Exchange(DEAD_LETTER_EXCHANGE, type="direct"), routing_key="dead"
+)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -151,9 +157,21 @@ def _declare_dead_letters(sender: Any = None, **_: Any) -> None:
     celery = getattr(sender, "app", None)
     if celery is None or not _is_amqp(celery.conf.broker_url):
         return
-    dead = next(q for q in celery.conf.task_queues if q.name == DEAD_LETTER_QUEUE)
     with celery.connection_for_write() as connection:
-        dead.bind(connection.default_channel).declare()
+        DEAD_LETTERS.bind(connection.default_channel).declare()
+
+
+@worker_init.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    # The main process, before the pool forks: the server thread lives as long as the worker.
+    settings = get_settings()
+    celery = getattr(sender, "app", None)
+    if not settings.worker_metrics_port or celery is None:
+        return
+    broker = str(celery.conf.broker_url)
+    queues = [*settings.worker_queues, *([DEAD_LETTER_QUEUE] if _is_amqp(broker) else [])]
+    metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port, broker_url=broker,
+                  queues=queues)  # fmt: skip
 
 
 @worker_process_init.connect
@@ -173,13 +191,23 @@ _open_spans: dict[str, tuple[trace.Span, Token[otel_context.Context]]] = {}
 
 
 @before_task_publish.connect
-def _carry_context(headers: dict[str, Any] | None = None, **_: Any) -> None:
+def _carry_context(
+    sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
     if headers is None:
         return
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id and REQUEST_ID_HEADER not in headers:
         headers[REQUEST_ID_HEADER] = request_id
-    propagate.inject(headers)
+    # A producer span for the send: the task's consumer span is its child, in the trace of
+    # whatever sent it (a request, another task, the outbox sweeper).
+    span = trace.get_tracer("steward.jobs").start_span(
+        f"send {sender or headers.get('task', 'task')}",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.system": "celery", "messaging.message.id": headers.get("id", "")},
+    )
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+    span.end()
 
 
 @task_prerun.connect
@@ -197,14 +225,22 @@ def _enter_context(
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     if task_id is not None:
         _open_spans[task_id] = (span, token)
+        metrics.task_started(task_id)
     structlog.contextvars.bind_contextvars(
         task=task.name, task_id=task_id, request_id=getattr(request, REQUEST_ID_HEADER, None)
     )
 
 
 @task_postrun.connect
-def _leave_context(task_id: str | None = None, **_: Any) -> None:
+def _leave_context(
+    task_id: str | None = None,
+    task: Task[Any, Any] | None = None,
+    state: str | None = None,
+    **_: Any,
+) -> None:
     structlog.contextvars.clear_contextvars()
+    if task_id is not None and task is not None:
+        metrics.task_finished(task_id, task.name, state)
     held = _open_spans.pop(task_id, None) if task_id is not None else None
     if held is not None:
         span, token = held

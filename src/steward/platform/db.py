@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from steward.platform import tracing
 from steward.settings import Settings
 
 # Constraint names are part of the schema: stable names make migrations reviewable.
@@ -72,7 +73,9 @@ def create_engine(settings: Settings, *, url: str | None = None, **overrides: An
         },
     }
     options.update(overrides)
-    return create_async_engine(async_url(database_url), **options)
+    engine = create_async_engine(async_url(database_url), **options)
+    tracing.instrument_engine(engine)
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,17 +1,25 @@
-"""OpenTelemetry traces: server spans for HTTP requests, exported over OTLP/HTTP when
-`OTEL_EXPORTER_OTLP_ENDPOINT` is set (or only used to correlate logs when `TRACING=true`
-without one). Log lines carry `trace_id`/`span_id` while a span is current, and the trace
-context travels into Celery tasks with the request id (see `steward.jobs.worker`)."""
+"""OpenTelemetry traces, exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (or
+only used to correlate logs when `TRACING=true` without one).
+
+Spans: HTTP requests (server), SQL statements (each engine, `instrument_engine`), Redis
+commands, Celery tasks (the trace context travels in the message; see `steward.jobs.worker`)
+and provider calls (`ProviderCall`: model, tokens, time to first token). Log lines carry
+`trace_id`/`span_id` while a span is current."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from opentelemetry import trace
 
 from steward.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 _configured = False
 
@@ -38,8 +46,67 @@ def configure(settings: Settings, *, service: str) -> bool:
         endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    RedisInstrumentor().instrument(tracer_provider=provider)
     _configured = True
     return True
+
+
+def instrument_engine(engine: AsyncEngine) -> None:
+    """Spans for the engine's SQL statements, when this process traces. Per engine rather
+    than the instrumentor's patching of `create_async_engine`: modules that imported that
+    function before tracing was configured would escape it."""
+    if not _configured:
+        return
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.metrics import get_meter
+
+    usage = get_meter("steward.db").create_up_down_counter("db.client.connections.usage")
+    EngineTracer(trace.get_tracer("steward.db"), engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+
+
+class ProviderCall:
+    """A client span over one streamed model call, with the GenAI semantic conventions'
+    attributes: provider, model, tokens in and out, and time to its first token. Not made
+    the current span: it lives across the run's `yield`s, where an attached context would
+    be detached in another one."""
+
+    __slots__ = ("_first_token_s", "_span", "_started")
+
+    def __init__(self, provider: str, model: str) -> None:
+        self._span = trace.get_tracer("steward.assistant").start_span(
+            f"chat {model}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider,
+                        "gen_ai.request.model": model},
+        )  # fmt: skip
+        self._started = time.perf_counter()
+        self._first_token_s: float | None = None
+
+    def first_token(self) -> None:
+        if self._first_token_s is None:
+            self._first_token_s = time.perf_counter() - self._started
+            self._span.set_attribute("steward.time_to_first_token_s", self._first_token_s)
+
+    def answered_by(self, provider: str) -> None:
+        """The provider that answered (the fallback, when the first one's circuit was open)."""
+        self._span.set_attribute("gen_ai.provider.name", provider)
+
+    def usage(self, input_tokens: int, output_tokens: int) -> None:
+        self._span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        self._span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+
+    def __enter__(self) -> ProviderCall:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: TracebackType | None
+    ) -> None:
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            self._span.record_exception(exc)
+            self._span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+        self._span.end()
 
 
 def instrument(app: FastAPI, settings: Settings) -> None:
