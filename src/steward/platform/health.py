@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from steward.platform import db
 from steward.platform.deps import resources_of
 from steward.platform.errors import problem_response
-from steward.platform.metrics import render_metrics
+from steward.platform.metrics import DEPENDENCY_UP, render_metrics
 from steward.platform.sse import shutting_down
 
 log = structlog.get_logger(__name__)
@@ -97,6 +97,8 @@ async def ready(request: Request) -> ReadyRead | Response:
     status: dict[str, Literal["ok", "fail"]] = {
         name: "ok" if error is None else "fail" for name, error in results.items()
     }
+    for name, error in results.items():
+        DEPENDENCY_UP.labels(name).set(0 if error else 1)
     if failed:
         return problem_response(
             request,

@@ -52,6 +52,12 @@ REDIS_CIRCUIT_OPEN = Gauge(
     ["client"],
     multiprocess_mode="max",
 )
+DEPENDENCY_UP = Gauge(
+    "steward_dependency_up",
+    "1 if the dependency answered the last readiness check (/ready, run by the probes), else 0.",
+    ["dependency"],
+    multiprocess_mode="livemin",
+)
 
 UNMATCHED_ROUTE = "<unmatched>"
 # Methods outside this set are folded into one label value so a client cannot mint series.
