@@ -24,6 +24,9 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  
 workers = int(os.environ.get("WEB_CONCURRENCY", str(max(2, multiprocessing.cpu_count()))))
 worker_class = "uvicorn_worker.UvicornWorker"
 preload_app = True
+# gunicorn's control socket would be made under $HOME, which is read-only in the image and
+# the units; signals (HUP, USR2, TERM) are this deployment's controls.
+control_socket_disable = True
 graceful_timeout = 20
 timeout = 60
 keepalive = 5

@@ -46,7 +46,7 @@ FALLBACKS = Counter(
 )
 BREAKER_STATE = Gauge(
     "steward_provider_breaker_open", "1 while a provider's circuit is open (or half-open).",
-    ["provider"],
+    ["provider"], multiprocess_mode="livemax",
 )  # fmt: skip
 FIRST_TOKEN = Histogram(
     "steward_provider_first_token_seconds",

@@ -60,7 +60,8 @@ from steward.platform.transactions import after_commit
 
 log = structlog.get_logger(__name__)
 
-ACTIVE = Gauge("steward_assistant_runs_active", "Runs executing in this process.")
+ACTIVE = Gauge("steward_assistant_runs_active", "Runs executing now (summed over processes).",
+               multiprocess_mode="livesum")  # fmt: skip
 RUN_SECONDS = Histogram(
     "steward_assistant_run_seconds", "Run duration by provider.", ["provider"],
     buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),

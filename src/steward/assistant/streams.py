@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import structlog
+from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -33,6 +34,19 @@ class RunEvent:
     @classmethod
     def decode(cls, fields: dict[bytes, bytes]) -> RunEvent:
         return cls(event=fields[b"e"].decode(), data=orjson.loads(fields[b"d"]))
+
+
+LOG_EVENTS = Counter(
+    "steward_run_log_events_total",
+    "Run events appended to the resumable run log (Redis streams), by outcome (written, failed).",
+    ["outcome"],
+)
+_WRITTEN, _FAILED = LOG_EVENTS.labels("written"), LOG_EVENTS.labels("failed")
+FOLLOWERS = Gauge(
+    "steward_run_log_followers",
+    "Readers following runs' logs live on this process (resumed SSE and WebSocket streams).",
+    multiprocess_mode="livesum",
+)
 
 
 def stream_key(run_id: uuid.UUID | str) -> str:
@@ -146,6 +160,7 @@ class RunLog:
                 replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self._failed(batch[0][0], exc)
+            _FAILED.inc(len(batch))
             return [None] * len(batch)
         written: list[str | None] = []
         for (run_id, event, entry_id), position in zip(batch, positions, strict=True):
@@ -158,8 +173,10 @@ class RunLog:
                 written.append(await self.append(run_id, event))
             elif isinstance(result, Exception):
                 self._failed(run_id, result)
+                _FAILED.inc()
                 written.append(None)
             else:
+                _WRITTEN.inc()
                 written.append(result.decode() if isinstance(result, bytes) else str(result))
         return written
 
@@ -283,6 +300,7 @@ class RunFollowers:
         follower = Follower(run_id)
         head = self._heads.setdefault(run_id, after)  # a run nobody follows starts here
         self._followers.setdefault(run_id, set()).add(follower)
+        FOLLOWERS.inc()
         self._ensure_running()
         self._wake.set()
         if not is_after(head, after):
@@ -294,7 +312,9 @@ class RunFollowers:
         followers = self._followers.get(follower.run_id)
         if followers is None:
             return
-        followers.discard(follower)
+        if follower in followers:
+            followers.discard(follower)
+            FOLLOWERS.dec()
         if not followers:
             del self._followers[follower.run_id]
             self._heads.pop(follower.run_id, None)

@@ -65,10 +65,18 @@ class QueueDepth(Collector):
         self.broker_url = broker_url
         self.queues = tuple(queues)
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
             "steward_queue_depth", "Messages waiting in a broker queue.", labels=["queue"]
         )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        # Registering then asks no broker anything (without it, the registry would collect).
+        yield self._family()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = self._family()
         try:
             with Connection(self.broker_url, connect_timeout=2) as connection:
                 for queue in self.queues:
