@@ -126,9 +126,10 @@ async def test_notifications_api(client: httpx.AsyncClient, app: FastAPI) -> Non
 async def test_sweep_task_runs_on_the_worker(worker: Celery, client: httpx.AsyncClient) -> None:
     alice = await make_account(client)
     await client.post(
-        TODOS, json={"title": "via worker", "remind_at": _iso(-timedelta(minutes=1))},
+        TODOS, json={"title": "via worker", "remind_at": _iso(timedelta(seconds=1))},
         headers=alice.headers,
     )  # fmt: skip
+    await asyncio.sleep(1.5)  # due now, and only the sweep will find it
     assert worker.send_task("steward.reminders.sweep").get(timeout=30) >= 1
 
     async def notified() -> list[dict[str, Any]]:
@@ -138,3 +139,24 @@ async def test_sweep_task_runs_on_the_worker(worker: Celery, client: httpx.Async
 
     items = await wait_until(notified, within_s=10, every_s=0.2, what="the notification")
     assert [n["title"] for n in items] == ["via worker"]
+
+
+@pytest.mark.slow
+async def test_a_reminder_already_due_is_sent_without_waiting_for_the_sweep(
+    worker: Celery, client: httpx.AsyncClient
+) -> None:
+    assert worker  # the worker that runs the job; no sweep is sent
+    alice = await make_account(client)
+    created = await client.post(
+        TODOS, json={"title": "now please", "remind_at": _iso(-timedelta(seconds=5))},
+        headers=alice.headers,
+    )  # fmt: skip
+    assert created.status_code == 201
+
+    async def notified() -> list[dict[str, Any]]:
+        return (  # type: ignore[no-any-return]
+            await client.get("/api/v1/notifications", headers=alice.headers)
+        ).json()["items"]
+
+    items = await wait_until(notified, within_s=15, every_s=0.2, what="the notification")
+    assert [n["title"] for n in items] == ["now please"]

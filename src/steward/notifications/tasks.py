@@ -21,7 +21,6 @@ from steward.settings import Settings
 from steward.todos import service as todos
 
 log = structlog.get_logger(__name__)
-SEND_REMINDERS = "steward.reminders.send"
 
 
 @shared_task(name="steward.reminders.sweep", base=StewardTask)
@@ -32,7 +31,7 @@ def sweep_reminders() -> int:
         async with resources.transaction() as session:
             due = await todos.owners_with_due_reminders(session, now=datetime.now(UTC))
             for owner in due:
-                await jobs.enqueue(session, task=SEND_REMINDERS, args=[str(owner)])
+                await jobs.enqueue(session, task=todos.SEND_REMINDERS, args=[str(owner)])
         return len(due)
 
     users = runtime.run(fan_out)
@@ -40,7 +39,7 @@ def sweep_reminders() -> int:
     return users
 
 
-@shared_task(name=SEND_REMINDERS, base=StewardTask)
+@shared_task(name=todos.SEND_REMINDERS, base=StewardTask)
 def send_reminders(owner_id: str) -> int:
     """Create the user's due reminder notifications (exactly once each) and announce them."""
 

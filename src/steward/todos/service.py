@@ -19,6 +19,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.jobs import service as jobs
 from steward.platform.cache import MISSING, Cache
 from steward.platform.errors import NotFound, PreconditionFailed, UnprocessableContent
 from steward.platform.pagination import (
@@ -144,8 +145,20 @@ async def _insert(session: AsyncSession, *, owner_id: uuid.UUID, todo_in: TodoCr
     session.add(todo)
     await session.flush()
     todo_changed(session, "todo.created", todo)
+    await _remind_if_due(session, todo)
     log.info("todo.created", todo_id=str(todo.id))
     return todo
+
+
+# The task that hands out a user's due reminders (notifications' `send_reminders`).
+SEND_REMINDERS = "steward.reminders.send"
+
+
+async def _remind_if_due(session: AsyncSession, todo: Todo) -> None:
+    """A reminder already due is sent now, not at the next sweep (up to a minute later).
+    Handing out stays exactly-once: the task claims due reminders under row locks."""
+    if todo.remind_at is not None and todo.remind_at <= _now() and not todo.done:
+        await jobs.enqueue(session, task=SEND_REMINDERS, args=[str(todo.owner_id)])
 
 
 def check_version(todo: Todo, expected: str | None) -> None:
@@ -182,7 +195,10 @@ async def update(
         setattr(todo, field, value)
     if done is not None:
         _set_done(todo, done)
-    return await _touch(session, todo)
+    await _touch(session, todo)
+    if "remind_at" in values:
+        await _remind_if_due(session, todo)
+    return todo
 
 
 async def set_done(session: AsyncSession, *, todo: Todo, done: bool) -> Todo:
