@@ -22,7 +22,7 @@ from typing import Any
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", str(max(2, multiprocessing.cpu_count()))))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "steward.platform.serving.UvicornWorker"  # uvicorn's, draining on stop
 preload_app = True
 # gunicorn's control socket would be made under $HOME, which is read-only in the image and
 # the units; signals (HUP, USR2, TERM) are this deployment's controls.

@@ -6,6 +6,7 @@ ACME webroot, and the upstream servers (the deployment's own include file)."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +41,9 @@ def _certificate(folder: Path) -> Path:
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]), critical=False)
         .sign(key, hashes.SHA256())
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)

@@ -134,6 +134,7 @@ class EventStream(EventSourceResponse):
             # cancellation of the request's task goes on.
             if not stop.fired or task.uncancel() > 0:
                 raise
+            await self._complete(send)
         except OSError:
             pass  # a server that raises on a send to a client that left (ASGI 2.4)
         finally:
@@ -159,6 +160,16 @@ class EventStream(EventSourceResponse):
                     self.active = False
                     stop.cancel()
                 return
+
+    async def _complete(self, send: Send) -> None:
+        """End a response that the server's shutdown stopped with its last (empty) chunk: a
+        stream cut short reads as an error to the client and to a proxy in front (nginx
+        then cuts its own response to the client short too). After a disconnect, nothing."""
+        async with self._send_lock:
+            if self.active:
+                self.active = False
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _say_farewell(self, send: Send, stop: _Stop) -> None:
         assert self.farewell is not None

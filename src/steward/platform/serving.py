@@ -1,0 +1,40 @@
+"""The gunicorn worker class of the production deployment (deploy/gunicorn.conf.py): the
+uvicorn worker, with a shutdown that does not reset connections it has just accepted.
+
+uvicorn's shutdown stops accepting, then at once closes every connection that is not in the
+middle of a request, including one accepted a moment ago whose request has arrived but not
+yet been read: the client (nginx) gets a reset, and a reset after the request was sent is
+not retried. Here the worker stops accepting, lets such requests arrive and start for
+`ACCEPTED_DRAIN_S`, then shuts down as uvicorn does (requests in flight finish; streams
+follow their own grace). Written here because neither uvicorn nor uvicorn-worker has the
+setting; the override is `_serve`, whose body is uvicorn-worker's own with this server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+import uvicorn
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
+from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
+
+ACCEPTED_DRAIN_S = 0.5
+
+
+class DrainingServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections from here on
+        await asyncio.sleep(ACCEPTED_DRAIN_S)
+        await super().shutdown(sockets)
+
+
+class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = DrainingServer(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
