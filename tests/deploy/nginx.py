@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,7 +77,10 @@ def configure(prefix: Path, upstreams: list[str]) -> Nginx:
     (conf / "steward.conf").write_text(site)
     (conf / "steward-upstream.conf").write_text("".join(f"server {u};\n" for u in upstreams))
     temp = prefix / "tmp"
+    # As root, nginx's workers would run as nobody, who cannot read the test's folders.
+    user = "user root;" if os.geteuid() == 0 else ""
     (conf / "nginx.conf").write_text(f"""
+{user}
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log info;
