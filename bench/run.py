@@ -163,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--only", choices=["http", "streams", "errors", "knowledge"],
+    parser.add_argument("--only", choices=["http", "streams", "errors", "knowledge", "reload"],
                         help="run one part only")  # fmt: skip
     parser.add_argument("--knowledge-chunks", type=int, default=100_000,
                         help="chunks in the search latency part")  # fmt: skip
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.05,
                         help="seconds between the fake provider's tokens")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=100, help="tokens per fake reply")
+    parser.add_argument("--reloads", type=int, default=3, help="gunicorn reloads per configuration")
     args = parser.parse_args()
     if args.only in (None, "http") and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it)")
@@ -205,6 +206,20 @@ def main() -> None:
             error_benchmarks(args, engines)
         if args.only in (None, "knowledge"):
             knowledge_benchmarks(args, engines)
+        if args.only in (None, "reload"):
+            reload_benchmarks(args, engines)
+
+
+def reload_benchmarks(args: argparse.Namespace, engines: Any) -> None:
+    from bench import reload
+
+    results = reload.run(engines, OUT, args.reloads)
+    (OUT / "reload.json").write_text(json.dumps(results, indent=2))
+    update_results("Reloads and restarts", [
+        f"Written by `python -m bench.run --only reload --reloads {args.reloads}` (part of "
+        f"`make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; engines: {engines.kind}.",
+        "", *reload.markdown(results, args.reloads),
+    ])  # fmt: skip
 
 
 def knowledge_benchmarks(args: argparse.Namespace, engines: Any) -> None:
@@ -427,7 +442,7 @@ def write_results(
     update_results("HTTP", lines)
 
 
-SECTIONS = ("HTTP", "Streams", "Errors", "Knowledge", "Analysis")
+SECTIONS = ("HTTP", "Streams", "Errors", "Knowledge", "Reloads and restarts", "Analysis")
 
 
 def update_results(title: str, lines: list[str]) -> None:

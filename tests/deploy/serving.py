@@ -31,9 +31,11 @@ def gunicorn_env(engines: EngineSet, port: int, metrics: Path, **extra: str) -> 
             "PROMETHEUS_MULTIPROC_DIR": str(metrics), **extra}  # fmt: skip
 
 
-def start_gunicorn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_gunicorn(
+    env: dict[str, str], log: Path, config: str = "deploy/gunicorn.conf.py"
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [str(VENV_BIN / "gunicorn"), "-c", "deploy/gunicorn.conf.py", "steward.app:app"],
+        [str(VENV_BIN / "gunicorn"), "-c", config, "steward.app:app"],
         env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
