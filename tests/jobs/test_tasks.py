@@ -3,7 +3,9 @@ admins list and replay them, and job status is visible to its owner only."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +18,10 @@ from steward.jobs import service
 from steward.jobs.base import backoff_s
 from tests.engines import EngineSet
 from tests.factories import make_account, make_admin
+from tests.live import free_port
+from tests.metrics import sample
 from tests.waiting import wait_until
+from tests.workers import running_worker
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +91,29 @@ async def test_job_status_is_for_its_owner_only(
     assert mine.json()["result"] == "pong"
     assert (await client.get(f"/api/v1/jobs/{job_id}", headers=bob.headers)).status_code == 404
     assert (await client.get("/api/v1/jobs/nope", headers=alice.headers)).status_code == 404
+
+
+def test_the_worker_serves_its_task_retry_and_dead_letter_figures(
+    engines: EngineSet, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {"WORKER_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    key = uuid.uuid4().hex
+    with running_worker(engines, env) as (client, _):
+        assert client.send_task("tests.flaky", args=[key, 1]).get(timeout=30) == 2
+        client.send_task("tests.broken_until_fixed", args=[key])
+
+        deadline = time.monotonic() + 30
+        while True:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            if sample(text, "steward_dead_letters_total", task="tests.broken_until_fixed"):
+                break
+            assert time.monotonic() < deadline, "no dead letter counted within 30 s"
+            time.sleep(0.2)
+    # Counted by the pool processes, summed by the main process's server.
+    assert sample(text, "steward_tasks_total", task="tests.flaky", state="success") == 1
+    assert sample(text, "steward_tasks_total", task="tests.flaky", state="retry") == 1
+    assert sample(text, "steward_task_retries_total", task="tests.flaky") == 1
+    assert sample(text, "steward_dead_letters_total", task="tests.broken_until_fixed") == 1
+    assert sample(text, "steward_task_duration_seconds_count", task="tests.flaky") == 2
+    assert sample(text, "steward_queue_depth", queue="default") is not None
