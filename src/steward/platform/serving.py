@@ -19,6 +19,8 @@ import uvicorn
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
+from steward.platform import sse
+
 ACCEPTED_DRAIN_S = 0.5
 
 
@@ -26,6 +28,8 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # no new connections from here on
+        # Open streams begin their drain at once (their grace, then a farewell or their end).
+        sse.stop_streams()
         await asyncio.sleep(ACCEPTED_DRAIN_S)
         await super().shutdown(sockets)
 

@@ -64,6 +64,13 @@ class _Stop:
             self._task.cancel()
 
 
+def stop_streams() -> None:
+    """Tell every stream of this thread's loop that the server is stopping, now (the server's
+    own shutdown calls this; sse-starlette's watcher, which polls for it, may come later)."""
+    for stop in list(_sse_starlette._get_shutdown_state().events):
+        stop.set()
+
+
 def shutting_down() -> bool:
     """Whether this server process has been told to stop (SIGTERM under uvicorn): read from
     the same place sse-starlette's watcher reads it."""
