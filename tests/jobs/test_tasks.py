@@ -99,7 +99,8 @@ def test_the_worker_serves_its_task_retry_and_dead_letter_figures(
     port = free_port()
     env = {"WORKER_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     key = uuid.uuid4().hex
-    with running_worker(engines, env) as (client, _):
+    # A broker of its own: the module's worker (still running) must not take these tasks.
+    with running_worker(engines, env, broker=engines.redis_spare(2)) as (client, _):
         assert client.send_task("tests.flaky", args=[key, 1]).get(timeout=30) == 2
         client.send_task("tests.broken_until_fixed", args=[key])
 

@@ -64,3 +64,21 @@ def test_offline_embedder_needs_no_network_and_ranks_the_answering_passage_first
     assert result["dims"] == 256
     assert all(abs(norm - 1.0) < 1e-3 for norm in result["norms"])
     assert result["ranks"] == list(range(len(PAIRS)))
+
+
+def test_errors_that_tasks_raise_cross_processes_intact() -> None:
+    """A pool process pickles a failed task's exception to its parent; one that cannot be
+    rebuilt there kills the worker (keyword-only arguments are not in `args`)."""
+    import pickle
+
+    from steward.assistant.providers import FirstTokenTimeout, ProviderRejected
+    from steward.knowledge.embedders import EmbeddingError
+
+    for error in (
+        EmbeddingError("refused (400)", transient=False),
+        ProviderRejected("bad request", provider="fake", status=400),
+        FirstTokenTimeout("slow", provider="fake", retry_after=2.0),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__

@@ -13,6 +13,7 @@ Error tree (everything a provider raises):
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +39,12 @@ class ProviderError(Exception):
         self.provider = provider
         self.status = status
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its keyword-only arguments (see knowledge.embedders.EmbeddingError).
+        rebuild = functools.partial(type(self), str(self), provider=self.provider,
+                                    status=self.status, retry_after=self.retry_after)  # fmt: skip
+        return rebuild, ()
 
 
 class ProviderUnavailable(ProviderError):

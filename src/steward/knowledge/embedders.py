@@ -13,6 +13,7 @@ never reaches the network (tests/knowledge/test_embedders.py runs it with socket
 
 from __future__ import annotations
 
+import functools
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +31,12 @@ class EmbeddingError(Exception):
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A Celery pool process reports a task's failure to its parent by pickle; rebuilt from
+        # `args` alone (the default), the keyword-only argument is missing and the parent
+        # process dies of the TypeError.
+        return functools.partial(type(self), str(self), transient=self.transient), ()
 
 
 class Embedder(Protocol):
