@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from steward import __version__
+from steward.accounts import hooks
 from steward.accounts import router as accounts_router
 from steward.assistant import routes as assistant_routes
 from steward.assistant import tokens
@@ -21,6 +22,7 @@ from steward.assistant.runs import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
 from steward.knowledge import router as knowledge_router
+from steward.notifications import account_mail
 from steward.notifications import router as realtime_router
 from steward.platform import errors, health, openapi, tracing
 from steward.platform.api import API_V1
@@ -132,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install_handlers(app)
     openapi.install(app)
     tracing.instrument(app, settings)
+    # Cross-domain reactions to account changes (accounts imports no other domain).
+    hooks.on_user_created(account_mail.user_created)
     # Probes hit these constantly: routes of the app itself match before any included router.
     for route in health.router.routes:
         assert isinstance(route, APIRoute)
@@ -145,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         todos_router.router,
         realtime_router.router,
         realtime_router.notifications,
+        realtime_router.account_mail_routes,
         jobs_router.router,
         knowledge_router.router,
         *assistant_routes.routers,

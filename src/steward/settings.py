@@ -100,6 +100,27 @@ class Settings(BaseSettings):
     jwt_issuer: str = "steward"
     jwt_audience: str = "steward-api"
 
+    # Email (verification, password reset). Without SMTP_HOST, emails are logged, one line
+    # each (links with their tokens only outside production).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    mail_from: str = "Steward <no-reply@localhost>"
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", description="where links in emails point"
+    )
+    require_email_verification: bool = Field(
+        default=False, description="refuse sign-in until the email address is verified"
+    )
+    email_verification_ttl_s: int = Field(default=2 * 86_400, ge=300)
+    password_reset_ttl_s: int = Field(default=3600, ge=300, le=86_400)
+    rate_limit_email: str = Field(
+        default="3/hour", description="verification resends and reset requests per account"
+    )
+
     # HTTP
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -273,7 +294,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "rate_limit_anonymous", "rate_limit_authenticated", "rate_limit_login",
-        "rate_limit_register", "rate_limit_assistant",
+        "rate_limit_register", "rate_limit_assistant", "rate_limit_email",
     )  # fmt: skip
     @classmethod
     def _rate_limit_spec(cls, value: str) -> str:

@@ -60,6 +60,17 @@ async def _limit_per_ip(request: Request, policy: RateLimitPolicy) -> None:
     enforce(decision)
 
 
+async def limit_email(connection: HTTPConnection, account: str) -> None:
+    """Emails asked for one account (by address or user id): a budget of their own, so that
+    nobody can flood an inbox, whoever asks."""
+    resources = resources_of(connection)
+    if not resources.settings.rate_limit_enabled:
+        return
+    decision = await resources.limiter.hit(resources.policies.email, f"email:{account}")
+    _attach(connection, decision)
+    enforce(decision)
+
+
 async def limit_login(request: Request) -> None:
     """Sign-in attempts per client IP (the per-account guard is the lockout)."""
     await _limit_per_ip(request, resources_of(request).policies.login)

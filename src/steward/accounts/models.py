@@ -21,8 +21,36 @@ class User(TimestampedMixin, Base):
     display_name: Mapped[str | None] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(16), server_default="user")
     is_active: Mapped[bool] = mapped_column(server_default=text("true"))
+    email_verified_at: Mapped[datetime | None]
 
     __table_args__ = (CheckConstraint("role IN ('user', 'admin')", name="role"),)
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+
+class AccountToken(Base):
+    """A single-use token sent by email (verify the address, reset the password). Nothing
+    token-like is stored: the token is this row's id with an HMAC of it under SECRET_KEY
+    (accounts/email_tokens.py), so the database, the job outbox and the broker never hold
+    one that works."""
+
+    __tablename__ = "account_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))
+    # The address it was sent to: a token for an address the account no longer has is void.
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("purpose IN ('verify_email', 'password_reset')", name="purpose"),
+        Index("ix_account_tokens_user_id", "user_id"),
+    )
 
 
 class LoginSession(Base):

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response, status
 
 from steward.accounts import api_keys as key_service
-from steward.accounts import service
+from steward.accounts import hooks, service
 from steward.accounts.authentication import Tokens
 from steward.accounts.deps import (
     Admin,
@@ -34,8 +34,8 @@ from steward.accounts.schemas import (
     UserUpdate,
 )
 from steward.platform.api import API_V1
-from steward.platform.deps import Session
-from steward.platform.errors import Forbidden, Unauthorized
+from steward.platform.deps import AppSettings, Session
+from steward.platform.errors import EmailNotVerified, Forbidden, Unauthorized
 from steward.platform.pagination import Cursor, Limit, Page
 
 auth = APIRouter(prefix=f"{API_V1}/auth", tags=["auth"])
@@ -54,10 +54,12 @@ _403: dict[int | str, dict[str, Any]] = {403: {"description": "authenticated, bu
     dependencies=[Depends(limit_register)],
     responses={409: {"description": "email already registered"}},
 )
-async def register(user_in: UserCreate, session: Session, passwords: PasswordHashing) -> UserRead:
-    return UserRead.model_validate(
-        await service.create(session, user_in=user_in, passwords=passwords)
-    )
+async def register(
+    user_in: UserCreate, session: Session, passwords: PasswordHashing, settings: AppSettings
+) -> UserRead:
+    user = await service.create(session, user_in=user_in, passwords=passwords)
+    await hooks.user_created(session, user, settings)
+    return UserRead.model_validate(user)
 
 
 @auth.post(
@@ -72,11 +74,14 @@ async def token(
     policy: Tokens,
     lockout: SignInLockout,
     passwords: PasswordHashing,
+    settings: AppSettings,
 ) -> TokenPair:
     user = await service.authenticate(
         session, email=form.username, password=form.password, passwords=passwords,
         lockout=lockout,
     )  # fmt: skip
+    if settings.require_email_verification and not user.email_verified:
+        raise EmailNotVerified("confirm your email address first: open the link we sent")
     return await service.login(session, user=user, policy=policy)
 
 

@@ -67,6 +67,7 @@ class UserRead(BaseModel):
     display_name: str | None
     role: Role
     is_active: bool
+    email_verified: bool = Field(description="the address was confirmed by a link sent to it")
     created_at: datetime
 
 
@@ -100,6 +101,40 @@ class TokenPair(BaseModel):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 token type
     expires_in: int = Field(description="seconds until the access token expires")
+
+
+AccountTokenText = Annotated[Text, Field(min_length=1, max_length=100)]
+
+
+class VerifyEmail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: AccountTokenText = Field(description="the `token` of the link in the email")
+
+
+class PasswordResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email
+
+
+class EmailQueued(BaseModel):
+    """The email is on its way (for a reset: if an account has the address; the answer does
+    not say)."""
+
+    status: Literal["queued"] = "queued"
+
+
+class PasswordResetConfirm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: AccountTokenText = Field(description="the `token` of the link in the email")
+    new_password: Password
+
+    @model_validator(mode="after")
+    def _password_policy(self) -> PasswordResetConfirm:
+        check_password_policy(self.new_password.get_secret_value())
+        return self
 
 
 class RefreshRequest(BaseModel):

@@ -58,6 +58,7 @@ class Account:
     role: str
     is_active: bool
     created_at: datetime
+    email_verified: bool = False
 
     @classmethod
     def of(cls, user: User) -> Account:
@@ -68,6 +69,7 @@ class Account:
             role=user.role,
             is_active=user.is_active,
             created_at=user.created_at,
+            email_verified=user.email_verified,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class Account:
             "role": self.role,
             "is_active": self.is_active,
             "created_at": self.created_at.isoformat(),
+            "email_verified": self.email_verified,
         }
 
     @classmethod
@@ -89,6 +92,8 @@ class Account:
             role=data["role"],
             is_active=data["is_active"],
             created_at=datetime.fromisoformat(data["created_at"]),
+            # Entries cached before the field existed read as unverified until they expire.
+            email_verified=bool(data.get("email_verified", False)),
         )
 
 

@@ -11,12 +11,26 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect, status
 
-from steward.accounts.deps import CurrentUser, CurrentUserId, ProfileWriter
-from steward.accounts.limits import RateLimited
+from steward.accounts import service as accounts
+from steward.accounts.deps import (
+    CurrentUser,
+    CurrentUserId,
+    PasswordHashing,
+    ProfileWriter,
+    SessionUser,
+)
+from steward.accounts.limits import RateLimited, limit_email
+from steward.accounts.schemas import (
+    EmailQueued,
+    PasswordResetConfirm,
+    PasswordResetRequest,
+    UserRead,
+    VerifyEmail,
+)
 from steward.accounts.sockets import accept_socket
-from steward.notifications import service, webhooks
+from steward.notifications import account_mail, service, webhooks
 from steward.notifications.hub import Hub
 from steward.notifications.schemas import (
     NotificationRead,
@@ -27,6 +41,7 @@ from steward.notifications.schemas import (
 )
 from steward.platform.api import API_V1
 from steward.platform.deps import AppSettings, Session, resources_of
+from steward.platform.errors import Conflict
 from steward.platform.pagination import Cursor, Limit, Page
 from steward.platform.sockets import CLOSE_SLOW_CONSUMER
 from steward.platform.streaming import open_socket, sse_event, sse_response
@@ -35,6 +50,8 @@ from steward.todos.deps import TodosReader
 log = structlog.get_logger(__name__)
 
 router = APIRouter(prefix=f"{API_V1}/realtime", tags=["realtime"])
+# The account lifecycle by email (verification, password reset): this domain sends email.
+account_mail_routes = APIRouter(prefix=f"{API_V1}/auth", tags=["auth"])
 notifications = APIRouter(
     prefix=f"{API_V1}/notifications", tags=["notifications"], dependencies=[RateLimited]
 )
@@ -181,3 +198,71 @@ async def _events(request: Request, user_id: str) -> AsyncIterator[bytes]:
                 yield sse_event(str(event.get("type", "message")), event)
     finally:
         await subscription.close()
+
+
+@account_mail_routes.post(
+    "/verify-email",
+    summary="Confirm an email address with the token of the link sent to it (anyone)",
+    dependencies=[RateLimited],
+    responses={422: {"description": "the token is invalid, used or expired"}},
+)
+async def verify_email(body: VerifyEmail, session: Session, settings: AppSettings) -> UserRead:
+    user = await account_mail.verify_email(session, token=body.token, settings=settings)
+    return UserRead.model_validate(user)
+
+
+@account_mail_routes.post(
+    "/verify-email/resend",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send the verification email again (signed-in user; RATE_LIMIT_EMAIL per account)",
+    dependencies=[RateLimited],
+    responses={401: {"description": "not signed in"},
+               409: {"description": "the address is already verified"},
+               429: {"description": "too many emails for this account"}},
+)  # fmt: skip
+async def resend_verification(
+    request: Request, user: SessionUser, session: Session, settings: AppSettings
+) -> EmailQueued:
+    stored = await accounts.get(session, user.id)
+    assert stored is not None  # a live session's user
+    if stored.email_verified:
+        raise Conflict("the email address is already verified")
+    await limit_email(request, str(user.id))
+    await account_mail.request_verification(session, user=stored, settings=settings)
+    return EmailQueued()
+
+
+@account_mail_routes.post(
+    "/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Email a password reset link, if an account has this address (anyone; the "
+    "answer is the same either way)",
+    dependencies=[RateLimited],
+    responses={429: {"description": "too many emails for this address"}},
+)
+async def password_reset(
+    body: PasswordResetRequest, request: Request, session: Session
+) -> EmailQueued:
+    await limit_email(request, body.email)
+    await account_mail.request_password_reset(session, email=body.email)
+    return EmailQueued()
+
+
+@account_mail_routes.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Set a new password with the token of the reset link; signs out every device "
+    "(holder of the token)",
+    dependencies=[RateLimited],
+    responses={422: {"description": "the token is invalid, used or expired, or the password "
+                                    "is too weak"}},
+)  # fmt: skip
+async def password_reset_confirm(
+    body: PasswordResetConfirm, session: Session, passwords: PasswordHashing,
+    settings: AppSettings,
+) -> Response:  # fmt: skip
+    await account_mail.reset_password(
+        session, token=body.token, new_password=body.new_password.get_secret_value(),
+        passwords=passwords, settings=settings,
+    )  # fmt: skip
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

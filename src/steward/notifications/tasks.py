@@ -11,13 +11,16 @@ from typing import Any
 import structlog
 from celery import shared_task
 
+from steward.accounts import email_tokens
+from steward.accounts import service as accounts
+from steward.accounts.models import AccountToken
 from steward.jobs import runtime
 from steward.jobs import service as jobs
 from steward.jobs.base import StewardTask, TransientError
-from steward.notifications import service, webhooks
+from steward.notifications import account_mail, mail, service, webhooks
 from steward.notifications.models import Webhook
 from steward.platform.resources import Resources
-from steward.settings import Settings
+from steward.settings import Settings, get_settings
 from steward.todos import service as todos
 
 log = structlog.get_logger(__name__)
@@ -81,3 +84,58 @@ def deliver_webhook(user_id: str, event: dict[str, Any]) -> int | None:
         return status
 
     return runtime.run(work)
+
+
+# --- email ----------------------------------------------------------------------------------
+
+
+def _send(kind: str, compose: Any) -> bool:
+    """Build the message in a transaction (`compose(resources)` -> Mail or None when there is
+    nothing to send), then deliver it outside it; SMTP trouble retries (TransientError)."""
+    settings = get_settings()
+    message = runtime.run(compose)
+    if message is None:
+        return False
+    mail.deliver(settings, message)
+    log.info("mail.done", kind=kind)
+    return True
+
+
+@shared_task(name=account_mail.SEND_VERIFICATION, base=StewardTask)
+def send_verification(token_id: str) -> bool:
+    """The verification email for a token issued at sign-up or on request."""
+    settings = get_settings()
+
+    async def compose(resources: Resources) -> mail.Mail | None:
+        async with resources.transaction() as session:
+            row = await session.get(AccountToken, uuid.UUID(token_id))
+        if row is None or row.used_at is not None or row.expires_at <= datetime.now(UTC):
+            return None  # used, expired or its account deleted meanwhile
+        token = email_tokens.encode(row.id, "verify_email", settings.secret_key.get_secret_value())
+        return mail.compose("verify_email", to=row.email,
+                            link=mail.action_link(settings, "/verify-email", token),
+                            ttl_s=settings.email_verification_ttl_s)  # fmt: skip
+
+    return _send("verify_email", compose)
+
+
+@shared_task(name=account_mail.SEND_PASSWORD_RESET, base=StewardTask)
+def send_password_reset(email: str) -> bool:
+    """A reset link for the account with this address, if there is an active one."""
+    settings = get_settings()
+
+    async def compose(resources: Resources) -> mail.Mail | None:
+        async with resources.transaction() as session:
+            user = await accounts.get_by_email(session, email)
+            if user is None or not user.is_active:
+                log.info("mail.password_reset_no_account")  # the address is not logged
+                return None
+            row = await email_tokens.issue(session, user=user, purpose="password_reset",
+                                           ttl_s=settings.password_reset_ttl_s)  # fmt: skip
+        token = email_tokens.encode(row.id, "password_reset",
+                                    settings.secret_key.get_secret_value())  # fmt: skip
+        return mail.compose("password_reset", to=row.email,
+                            link=mail.action_link(settings, "/reset-password", token),
+                            ttl_s=settings.password_reset_ttl_s)  # fmt: skip
+
+    return _send("password_reset", compose)

@@ -82,6 +82,10 @@ class Forbidden(StewardError):
     slug = "forbidden"
 
 
+class EmailNotVerified(Forbidden):
+    slug = "email-not-verified"
+
+
 class NotFound(StewardError):
     status = 404
     slug = "not-found"

@@ -34,6 +34,7 @@ class RateLimitPolicies:
     login: RateLimitPolicy
     register: RateLimitPolicy
     assistant: RateLimitPolicy
+    email: RateLimitPolicy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimitPolicies:
@@ -49,6 +50,8 @@ class RateLimitPolicies:
             login=parse("login", settings.rate_limit_login, fail_open=sign_in_fail_open),
             register=parse("register", settings.rate_limit_register, fail_open=sign_in_fail_open),
             assistant=parse("assistant", settings.rate_limit_assistant, fail_open=fail_open),
+            # Emails cost money and reach other people's inboxes: closed when Redis is away.
+            email=parse("email", settings.rate_limit_email, fail_open=False),
         )
 
 
