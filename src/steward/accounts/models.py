@@ -63,6 +63,11 @@ class LoginSession(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    # The device it was opened on, as the app names it, and where it was last used from.
+    device_name: Mapped[str | None] = mapped_column(String(100))
+    platform: Mapped[str | None] = mapped_column(String(16))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    last_used_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_sessions_user_id", "user_id"),)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Header, Request, Response, status
 
 from steward.accounts import api_keys as key_service
-from steward.accounts import hooks, service
+from steward.accounts import hooks, service, sessions
 from steward.accounts.authentication import Tokens
 from steward.accounts.deps import (
     Admin,
@@ -28,11 +28,14 @@ from steward.accounts.schemas import (
     ApiKeyCreated,
     ApiKeyRead,
     RefreshRequest,
+    SessionRead,
+    SignedOut,
     TokenPair,
     UserCreate,
     UserRead,
     UserUpdate,
 )
+from steward.accounts.sessions import SignInDevice
 from steward.platform.api import API_V1
 from steward.platform.deps import AppSettings, Session
 from steward.platform.errors import EmailNotVerified, Forbidden, Unauthorized
@@ -64,17 +67,22 @@ async def register(
 
 @auth.post(
     "/token",
-    summary="Sign in with email and password (anyone)",
-    responses=_401,
+    summary="Sign in with email and password (anyone); `X-Device-Name` and "
+    "`X-Device-Platform` (ios, android, web, desktop) name the session",
+    responses={**_401, 403: {"description": "the email address is not verified yet "
+                                            "(REQUIRE_EMAIL_VERIFICATION)"}},
     dependencies=[Depends(limit_login)],
-)
+)  # fmt: skip
 async def token(
     form: CredentialsForm,
+    request: Request,
     session: Session,
     policy: Tokens,
     lockout: SignInLockout,
     passwords: PasswordHashing,
     settings: AppSettings,
+    x_device_name: Annotated[str | None, Header(max_length=200)] = None,
+    x_device_platform: Annotated[str | None, Header(max_length=32)] = None,
 ) -> TokenPair:
     user = await service.authenticate(
         session, email=form.username, password=form.password, passwords=passwords,
@@ -82,7 +90,13 @@ async def token(
     )  # fmt: skip
     if settings.require_email_verification and not user.email_verified:
         raise EmailNotVerified("confirm your email address first: open the link we sent")
-    return await service.login(session, user=user, policy=policy)
+    device = SignInDevice.from_headers(x_device_name, x_device_platform, _client_ip(request))
+    return await service.login(session, user=user, policy=policy, device=device)
+
+
+def _client_ip(request: Request) -> str | None:
+    ip = request.scope.get("state", {}).get("client_ip")
+    return ip if isinstance(ip, str) else None
 
 
 @auth.post(
@@ -91,8 +105,11 @@ async def token(
     dependencies=[RateLimited],
     responses=_401,
 )
-async def refresh(body: RefreshRequest, session: Session, policy: Tokens) -> TokenPair:
-    return await service.refresh(session, token=body.refresh_token, policy=policy)
+async def refresh(
+    body: RefreshRequest, request: Request, session: Session, policy: Tokens
+) -> TokenPair:
+    return await service.refresh(session, token=body.refresh_token, policy=policy,
+                                 ip=_client_ip(request))  # fmt: skip
 
 
 @auth.post(
@@ -112,6 +129,43 @@ async def read_me(user: CurrentUser) -> Response:
     # one of the hottest routes.
     body = UserRead.model_validate(user, from_attributes=True).model_dump_json()
     return Response(body, media_type="application/json")
+
+
+@users.get("/me/sessions", summary="Own sign-in sessions, one per device (signed-in user)",
+           responses={**_401, **_403})  # fmt: skip
+async def list_sessions(
+    user: SessionUser, principal: CurrentPrincipal, session: Session
+) -> list[SessionRead]:
+    return [
+        SessionRead.model_validate(login, from_attributes=True).model_copy(
+            update={"current": login.id == principal.session_id}
+        )
+        for login in await sessions.active(session, user_id=user.id)
+    ]
+
+
+@users.delete(
+    "/me/sessions",
+    summary="Sign out every other device, keeping this one (signed-in user)",
+    responses={**_401, **_403},
+)
+async def sign_out_others(
+    user: SessionUser, principal: CurrentPrincipal, session: Session
+) -> SignedOut:
+    assert principal.session_id is not None  # SessionUser: a password session
+    revoked = await sessions.sign_out_others(session, user_id=user.id, keep=principal.session_id)
+    return SignedOut(revoked=revoked)
+
+
+@users.delete(
+    "/me/sessions/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Sign one device out (signed-in user; this one too)",
+    responses={**_401, **_403, 404: {"description": "no such live session of yours"}},
+)
+async def sign_out_one(session_id: uuid.UUID, user: SessionUser, session: Session) -> Response:
+    await sessions.sign_out(session, user_id=user.id, session_id=session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @users.patch(

@@ -118,6 +118,22 @@ class PasswordResetRequest(BaseModel):
     email: Email
 
 
+class SessionRead(BaseModel):
+    """A device signed in to the account."""
+
+    id: uuid.UUID
+    device_name: str | None
+    platform: str | None
+    ip: str | None = Field(description="the address of its last sign-in or refresh")
+    created_at: datetime
+    last_used_at: datetime | None
+    current: bool = Field(default=False, description="the session making this request")
+
+
+class SignedOut(BaseModel):
+    revoked: int = Field(description="sessions signed out")
+
+
 class EmailQueued(BaseModel):
     """The email is on its way (for a reset: if an account has the address; the answer does
     not say)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select, update
@@ -31,6 +31,9 @@ from steward.platform.pagination import newest_first
 from steward.platform.resources import provide
 from steward.platform.security import Passwords
 from steward.platform.transactions import after_commit
+
+if TYPE_CHECKING:
+    from steward.accounts.sessions import SignInDevice
 
 log = structlog.get_logger(__name__)
 
@@ -258,15 +261,23 @@ async def _issue(
     )
 
 
-async def login(session: AsyncSession, *, user: User, policy: TokenPolicy) -> TokenPair:
-    new_login = LoginSession(user_id=user.id)
+async def login(
+    session: AsyncSession, *, user: User, policy: TokenPolicy, device: SignInDevice | None = None
+) -> TokenPair:
+    new_login = LoginSession(user_id=user.id, last_used_at=_now())
+    if device is not None:
+        new_login.device_name, new_login.platform, new_login.ip = (
+            device.name, device.platform, device.ip
+        )  # fmt: skip
     session.add(new_login)
     await session.flush()
     log.info("session.created", user_id=str(user.id), session_id=str(new_login.id))
     return await _issue(session, user=user, login=new_login, policy=policy)
 
 
-async def refresh(session: AsyncSession, *, token: str, policy: TokenPolicy) -> TokenPair:
+async def refresh(
+    session: AsyncSession, *, token: str, policy: TokenPolicy, ip: str | None = None
+) -> TokenPair:
     digest = security.secret_digest(token, key=policy.digest_key)
     row = (
         await session.execute(
@@ -290,7 +301,9 @@ async def refresh(session: AsyncSession, *, token: str, policy: TokenPolicy) -> 
         raise RefreshTokenReused("refresh token was already used; the session is revoked")
     if login_session.revoked_at is not None or stored.expires_at <= _now() or not user.is_active:
         raise InvalidCredentials("refresh token is not valid")
-    stored.used_at = _now()
+    stored.used_at = login_session.last_used_at = _now()
+    if ip:
+        login_session.ip = ip[:45]
     return await _issue(session, user=user, login=login_session, policy=policy)
 
 
