@@ -17,7 +17,7 @@ from steward import __version__
 from steward.accounts import hooks
 from steward.accounts import router as accounts_router
 from steward.assistant import routes as assistant_routes
-from steward.assistant import tokens
+from steward.assistant import streams, tokens
 from steward.assistant.runs import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.jobs import router as jobs_router
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tracing.instrument(app, settings)
     # Cross-domain reactions to account changes (accounts imports no other domain).
     hooks.on_user_created(account_mail.user_created)
+    hooks.on_user_deleted(streams.forget_user)
     # Probes hit these constantly: routes of the app itself match before any included router.
     for route in health.router.routes:
         assert isinstance(route, APIRoute)

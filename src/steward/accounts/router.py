@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response, status
 
 from steward.accounts import api_keys as key_service
-from steward.accounts import hooks, service, sessions
+from steward.accounts import erasure, hooks, service, sessions
 from steward.accounts.authentication import Tokens
 from steward.accounts.deps import (
     Admin,
@@ -23,6 +23,7 @@ from steward.accounts.deps import (
 from steward.accounts.limits import RateLimited, SignInLockout, limit_login, limit_register
 from steward.accounts.models import User
 from steward.accounts.schemas import (
+    AccountDeletion,
     AdminUserUpdate,
     ApiKeyCreate,
     ApiKeyCreated,
@@ -37,7 +38,7 @@ from steward.accounts.schemas import (
 )
 from steward.accounts.sessions import SignInDevice
 from steward.platform.api import API_V1
-from steward.platform.deps import AppSettings, Session
+from steward.platform.deps import AppSettings, Session, resources_of
 from steward.platform.errors import EmailNotVerified, Forbidden, Unauthorized
 from steward.platform.pagination import Cursor, Limit, Page
 
@@ -165,6 +166,36 @@ async def sign_out_others(
 )
 async def sign_out_one(session_id: uuid.UUID, user: SessionUser, session: Session) -> Response:
     await sessions.sign_out(session, user_id=user.id, session_id=session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@users.get(
+    "/me/export",
+    summary="Everything the account holds, as JSON (signed-in user)",
+    responses={**_401, **_403},
+)
+async def export_me(user: SessionUser, session: Session) -> dict[str, Any]:
+    return await erasure.export(session, user_id=user.id)
+
+
+@users.delete(
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete the account and everything it owns (signed-in user, with the password or "
+    "a sign-in less than five minutes old)",
+    responses={**_401, 403: {"description": "an API key, or no proof: the password is wrong "
+                                            "and the sign-in is not fresh"}},
+)  # fmt: skip
+async def delete_me(
+    user: SessionUser, principal: CurrentPrincipal, session: Session, passwords: PasswordHashing,
+    request: Request, body: AccountDeletion | None = None,
+) -> Response:  # fmt: skip
+    assert principal.session_id is not None  # SessionUser: a password session
+    password = body.password.get_secret_value() if body and body.password else None
+    await erasure.delete_account(
+        session, user_id=user.id, session_id=principal.session_id, password=password,
+        passwords=passwords, resources=resources_of(request),
+    )  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

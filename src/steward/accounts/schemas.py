@@ -118,6 +118,14 @@ class PasswordResetRequest(BaseModel):
     email: Email
 
 
+class AccountDeletion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: Password | None = Field(
+        default=None, description="needed unless the session signed in less than 5 minutes ago"
+    )
+
+
 class SessionRead(BaseModel):
     """A device signed in to the account."""
 

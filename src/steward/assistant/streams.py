@@ -366,3 +366,23 @@ class RunFollowers:
 
 
 provide(RunLog, lambda resources: RunLog.from_settings(resources.redis, resources.settings))
+
+
+async def forget_user(session: Any, user_id: uuid.UUID, resources: Any) -> None:
+    """Account deletion (accounts/hooks.py): the account's run logs and cancel flags leave
+    Redis once its rows are gone (they would expire, but deletion means now)."""
+    from sqlalchemy import select
+
+    from steward.assistant.models import Run
+    from steward.platform.transactions import after_commit
+
+    run_ids = (await session.execute(select(Run.id).where(Run.owner_id == user_id))).scalars()
+    keys = [key for run_id in run_ids for key in (stream_key(run_id), cancel_key(run_id))]
+    if not keys:
+        return
+
+    async def drop() -> None:
+        for start in range(0, len(keys), 500):
+            await resources.redis.delete(*keys[start : start + 500])
+
+    after_commit(session).call(drop)

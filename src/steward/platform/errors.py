@@ -86,6 +86,10 @@ class EmailNotVerified(Forbidden):
     slug = "email-not-verified"
 
 
+class ReauthenticationRequired(Forbidden):
+    slug = "reauthentication-required"
+
+
 class NotFound(StewardError):
     status = 404
     slug = "not-found"
