@@ -190,3 +190,26 @@ async def test_slow_consumer_is_cut_off_not_buffered(engines: EngineSet) -> None
     finally:
         await hub.close()
         await redis.aclose()
+
+
+async def test_a_stopped_stream_stops_even_when_an_event_arrives_at_that_moment(
+    engines: EngineSet,
+) -> None:
+    """A shutdown cancels the stream's task; an event arriving in the same instant must not
+    swallow that cancellation (asyncio.wait_for does, on Python 3.11), or the stream goes on
+    and its server waits for it until killed."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(engines.redis_url)
+    hub = Hub(redis)
+    try:
+        subscription = await hub.subscribe("u-cancel")
+        waiting = asyncio.create_task(subscription.next(30))
+        await asyncio.sleep(0.05)  # waiting for an event
+        subscription.queue.put_nowait({"type": "todo.created"})
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await subscription.close()
+    finally:
+        await redis.aclose()

@@ -419,8 +419,9 @@ async def _replay(
         if not catch_up and await stream.ended_by(run_id, after):
             return  # the reader has seen the run's last event already
         while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                first = await asyncio.wait_for(follower.queue.get(), min(heartbeat, remaining))
+            try:  # not wait_for: see notifications/hub.py Subscription.next
+                async with asyncio.timeout(min(heartbeat, remaining)):
+                    first = await follower.queue.get()
             except TimeoutError:
                 if not await stream.exists(run_id):
                     return  # expired (or was never written) while we waited

@@ -54,8 +54,11 @@ class Subscription:
 
     async def next(self, wait_s: float) -> dict[str, Any] | None:
         """The next event, or None after `wait_s` seconds without one."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the event does, and the stream being stopped (a shutdown) goes on.
         try:
-            return await asyncio.wait_for(self.queue.get(), wait_s)
+            async with asyncio.timeout(wait_s):
+                return await self.queue.get()
         except TimeoutError:
             return None
 
