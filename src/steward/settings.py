@@ -121,6 +121,23 @@ class Settings(BaseSettings):
         default="3/hour", description="verification resends and reset requests per account"
     )
 
+    # Social sign-in: an ID token from Sign in with Apple or Google, checked against the
+    # provider's keys (JWKS, cached) and these client ids (the token's `aud`).
+    google_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    google_issuers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://accounts.google.com", "accounts.google.com"]
+    )
+    google_jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    apple_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    apple_issuers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://appleid.apple.com"]
+    )
+    apple_jwks_url: str = "https://appleid.apple.com/auth/keys"
+    jwks_cache_s: int = Field(default=3600, ge=60, description="how long provider keys are kept")
+    jwks_refetch_cooldown_s: float = Field(
+        default=30.0, ge=0, description="least time between refetches for an unknown key id"
+    )
+
     # HTTP
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -285,6 +302,7 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
     @field_validator("cors_origins", "trusted_proxies", "worker_queues", "task_modules",
+                     "google_client_ids", "google_issuers", "apple_client_ids", "apple_issuers",
                      mode="before")  # fmt: skip
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -100,3 +100,21 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_api_keys_user_id", "user_id"),)
+
+
+class SocialIdentity(Base):
+    """An account's identity at Apple or Google: the provider's subject (`sub`) signs in."""
+
+    __tablename__ = "social_identities"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+    __table_args__ = (
+        UniqueConstraint("provider", "subject"),
+        Index("ix_social_identities_user_id", "user_id"),
+    )

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response, status
 
 from steward.accounts import api_keys as key_service
-from steward.accounts import erasure, hooks, service, sessions
+from steward.accounts import erasure, hooks, service, sessions, social
 from steward.accounts.authentication import Tokens
 from steward.accounts.deps import (
     Admin,
@@ -28,6 +28,7 @@ from steward.accounts.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyRead,
+    IdTokenSignIn,
     RefreshRequest,
     SessionRead,
     SignedOut,
@@ -91,6 +92,31 @@ async def token(
     )  # fmt: skip
     if settings.require_email_verification and not user.email_verified:
         raise EmailNotVerified("confirm your email address first: open the link we sent")
+    device = SignInDevice.from_headers(x_device_name, x_device_platform, _client_ip(request))
+    return await service.login(session, user=user, policy=policy, device=device)
+
+
+@auth.post(
+    "/oauth/{provider}",
+    summary="Sign in with an Apple or Google ID token; answers Steward's own tokens (anyone)",
+    dependencies=[Depends(limit_login)],
+    responses={401: {"description": "the ID token is not valid (signature, issuer, audience, "
+                                    "expiry or nonce)"},
+               409: {"description": "an account has this address but has not verified it"},
+               422: {"description": "this provider is not configured, or no email was shared"}},
+)  # fmt: skip
+async def oauth_sign_in(
+    provider: social.ProviderName,
+    body: IdTokenSignIn,
+    request: Request,
+    session: Session,
+    policy: Tokens,
+    x_device_name: Annotated[str | None, Header(max_length=200)] = None,
+    x_device_platform: Annotated[str | None, Header(max_length=32)] = None,
+) -> TokenPair:
+    id_tokens = resources_of(request).get(social.IdTokens)
+    identity = await id_tokens.verify(provider, body.id_token, body.nonce)
+    user = await social.account_for(session, identity)
     device = SignInDevice.from_headers(x_device_name, x_device_platform, _client_ip(request))
     return await service.login(session, user=user, policy=policy, device=device)
 

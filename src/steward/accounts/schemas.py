@@ -118,6 +118,15 @@ class PasswordResetRequest(BaseModel):
     email: Email
 
 
+class IdTokenSignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id_token: Annotated[Text, Field(min_length=1, max_length=8192)]
+    nonce: Annotated[Text, Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="the nonce the app gave the provider (or its SHA-256)"
+    )
+
+
 class AccountDeletion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

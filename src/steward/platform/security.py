@@ -37,10 +37,11 @@ class Passwords:
         return await anyio.to_thread.run_sync(self._hash.hash, password)
 
     async def verify(self, password: str, password_hash: str | None) -> bool:
-        """True when `password` matches; with no hash, spends the same time, and False."""
+        """True when `password` matches; with no hash (no account, or an account without a
+        password: its hash starts with "!", as in /etc/shadow), the same time, and False."""
 
         def verify() -> bool:
-            if password_hash is None:
+            if password_hash is None or password_hash.startswith("!"):
                 self._hash.verify(password, self._dummy)
                 return False
             return self._hash.verify(password, password_hash)
