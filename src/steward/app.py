@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         realtime_router.router,
         realtime_router.notifications,
         realtime_router.account_mail_routes,
+        realtime_router.devices_routes,
         jobs_router.router,
         knowledge_router.router,
         *assistant_routes.routers,

@@ -57,6 +57,7 @@ class IdTokens:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+
         def client(url: str) -> jwt.PyJWKClient:
             cooldown = settings.jwks_refetch_cooldown_s
             return jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=settings.jwks_cache_s,

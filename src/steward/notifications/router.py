@@ -30,9 +30,11 @@ from steward.accounts.schemas import (
     VerifyEmail,
 )
 from steward.accounts.sockets import accept_socket
-from steward.notifications import account_mail, service, webhooks
+from steward.notifications import account_mail, devices, service, webhooks
 from steward.notifications.hub import Hub
 from steward.notifications.schemas import (
+    DeviceRead,
+    DeviceRegister,
     NotificationRead,
     ReadAll,
     WebhookCreated,
@@ -50,6 +52,8 @@ from steward.todos.deps import TodosReader
 log = structlog.get_logger(__name__)
 
 router = APIRouter(prefix=f"{API_V1}/realtime", tags=["realtime"])
+devices_routes = APIRouter(prefix=f"{API_V1}/devices", tags=["devices"],
+                           dependencies=[RateLimited])  # fmt: skip
 # The account lifecycle by email (verification, password reset): this domain sends email.
 account_mail_routes = APIRouter(prefix=f"{API_V1}/auth", tags=["auth"])
 notifications = APIRouter(
@@ -265,4 +269,33 @@ async def password_reset_confirm(
         session, token=body.token, new_password=body.new_password.get_secret_value(),
         passwords=passwords, settings=settings,
     )  # fmt: skip
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@devices_routes.post(
+    "", status_code=status.HTTP_201_CREATED,
+    summary="Register this device's push token (scope profile:write or a signed-in user); a "
+    "token registered by another account moves to this one",
+    responses={401: {"description": "not signed in"}, 403: {"description": "a narrow API key"}},
+)  # fmt: skip
+async def register_device(
+    body: DeviceRegister, user: ProfileWriter, session: Session
+) -> DeviceRead:
+    return DeviceRead.model_validate(await devices.register(session, user_id=user.id, device=body))
+
+
+@devices_routes.get("", summary="Own devices (any user)",
+                    responses={401: {"description": "not signed in"}})  # fmt: skip
+async def list_devices(user: CurrentUser, session: Session) -> list[DeviceRead]:
+    return [DeviceRead.model_validate(d) for d in await devices.list_own(session, user_id=user.id)]
+
+
+@devices_routes.delete(
+    "/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
+    summary="Forget a device (scope profile:write or a signed-in user)",
+    responses={401: {"description": "not signed in"}, 403: {"description": "a narrow API key"},
+               404: {"description": "no such device of yours"}},
+)  # fmt: skip
+async def delete_device(device_id: uuid.UUID, user: ProfileWriter, session: Session) -> Response:
+    await devices.remove(session, user_id=user.id, device_id=device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

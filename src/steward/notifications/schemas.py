@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from steward.platform.inputs import WebhookUrl
+from steward.platform.inputs import Text, WebhookUrl
 
 
 class NotificationRead(BaseModel):
@@ -40,3 +41,23 @@ class WebhookRead(BaseModel):
 
 class WebhookCreated(WebhookRead):
     secret: str = Field(description="signs every delivery; shown only now")
+
+
+class DeviceRegister(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    platform: Literal["ios", "android", "web"]
+    token: Annotated[Text, Field(min_length=8, max_length=4096)] = Field(
+        description="the FCM registration token or APNs device token"
+    )
+    name: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
+
+
+class DeviceRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    platform: str
+    name: str | None
+    created_at: datetime
+    updated_at: datetime
