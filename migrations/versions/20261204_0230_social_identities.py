@@ -24,10 +24,15 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(255), nullable=False),
         sa.Column("email", sa.String(320)),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], ondelete="CASCADE",
+            ["user_id"],
+            ["users.id"],
+            ondelete="CASCADE",
             name=op.f("fk_social_identities_user_id_users"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_social_identities")),

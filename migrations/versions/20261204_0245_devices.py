@@ -24,10 +24,16 @@ def upgrade() -> None:
         sa.Column("token", sa.String(4096), nullable=False),
         sa.Column("name", sa.String(100)),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column(
-            "updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], ondelete="CASCADE", name=op.f("fk_devices_user_id_users")

@@ -144,6 +144,7 @@ async def refresh(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Revoke the session of a refresh token (holder of the refresh token)",
     dependencies=[RateLimited],
+    responses={401: {"description": "a bearer token was sent and is not valid (none is needed)"}},
 )
 async def logout(body: RefreshRequest, session: Session, policy: Tokens) -> Response:
     await service.logout(session, token=body.refresh_token, policy=policy)

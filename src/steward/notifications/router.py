@@ -54,6 +54,10 @@ log = structlog.get_logger(__name__)
 router = APIRouter(prefix=f"{API_V1}/realtime", tags=["realtime"])
 devices_routes = APIRouter(prefix=f"{API_V1}/devices", tags=["devices"],
                            dependencies=[RateLimited])  # fmt: skip
+# Anyone may call these; a bearer token sent anyway is checked (for its rate limit).
+_STALE_BEARER: dict[int | str, dict[str, Any]] = {
+    401: {"description": "a bearer token was sent and is not valid (none is needed)"}
+}
 # The account lifecycle by email (verification, password reset): this domain sends email.
 account_mail_routes = APIRouter(prefix=f"{API_V1}/auth", tags=["auth"])
 notifications = APIRouter(
@@ -208,7 +212,7 @@ async def _events(request: Request, user_id: str) -> AsyncIterator[bytes]:
     "/verify-email",
     summary="Confirm an email address with the token of the link sent to it (anyone)",
     dependencies=[RateLimited],
-    responses={422: {"description": "the token is invalid, used or expired"}},
+    responses={**_STALE_BEARER, 422: {"description": "the token is invalid, used or expired"}},
 )
 async def verify_email(body: VerifyEmail, session: Session, settings: AppSettings) -> UserRead:
     user = await account_mail.verify_email(session, token=body.token, settings=settings)
@@ -242,7 +246,7 @@ async def resend_verification(
     summary="Email a password reset link, if an account has this address (anyone; the "
     "answer is the same either way)",
     dependencies=[RateLimited],
-    responses={429: {"description": "too many emails for this address"}},
+    responses={**_STALE_BEARER, 429: {"description": "too many emails for this address"}},
 )
 async def password_reset(
     body: PasswordResetRequest, request: Request, session: Session
@@ -258,7 +262,8 @@ async def password_reset(
     summary="Set a new password with the token of the reset link; signs out every device "
     "(holder of the token)",
     dependencies=[RateLimited],
-    responses={422: {"description": "the token is invalid, used or expired, or the password "
+    responses={**_STALE_BEARER,
+               422: {"description": "the token is invalid, used or expired, or the password "
                                     "is too weak"}},
 )  # fmt: skip
 async def password_reset_confirm(
