@@ -57,6 +57,9 @@ async def test_a_user_lists_devices_and_signs_one_out(app: FastAPI) -> None:
                                     headers=_bearer(phone))  # fmt: skip
         assert again.status_code == 404
         assert (await client.get("/api/v1/users/me", headers=_bearer(phone))).status_code == 200
+        mine = by_name["Ada's iPhone"]["id"]
+        itself = await client.delete(f"{SESSIONS}/{mine}", headers=_bearer(phone))
+        assert itself.status_code == 409  # this one signs out with /auth/logout
 
 
 async def test_sign_out_everywhere_else_keeps_this_device(client: httpx.AsyncClient) -> None:

@@ -40,7 +40,7 @@ from steward.accounts.schemas import (
 from steward.accounts.sessions import SignInDevice
 from steward.platform.api import API_V1
 from steward.platform.deps import AppSettings, Session, resources_of
-from steward.platform.errors import EmailNotVerified, Forbidden, Unauthorized
+from steward.platform.errors import Conflict, EmailNotVerified, Forbidden, Unauthorized
 from steward.platform.pagination import Cursor, Limit, Page
 
 auth = APIRouter(prefix=f"{API_V1}/auth", tags=["auth"])
@@ -188,10 +188,15 @@ async def sign_out_others(
 @users.delete(
     "/me/sessions/{session_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Sign one device out (signed-in user; this one too)",
-    responses={**_401, **_403, 404: {"description": "no such live session of yours"}},
-)
-async def sign_out_one(session_id: uuid.UUID, user: SessionUser, session: Session) -> Response:
+    summary="Sign another device out (signed-in user; this one signs out with /auth/logout)",
+    responses={**_401, **_403, 404: {"description": "no such live session of yours"},
+               409: {"description": "the session making the request"}},
+)  # fmt: skip
+async def sign_out_one(
+    session_id: uuid.UUID, user: SessionUser, principal: CurrentPrincipal, session: Session
+) -> Response:
+    if session_id == principal.session_id:
+        raise Conflict("this is the session making the request: sign out with /auth/logout")
     await sessions.sign_out(session, user_id=user.id, session_id=session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
