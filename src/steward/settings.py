@@ -209,6 +209,12 @@ class Settings(BaseSettings):
     realtime_heartbeat_s: float = Field(default=15.0, gt=0)
     realtime_max_lifetime_s: float = Field(default=3600.0, gt=0)
     realtime_queue_size: int = Field(default=100, ge=1)
+    realtime_catchup_s: int = Field(
+        default=86_400, ge=60, description="how long a user's events stay for a device to catch up"
+    )
+    realtime_catchup_max: int = Field(
+        default=1000, ge=10, description="events kept per user for catching up (approximately)"
+    )
 
     # Webhooks
     webhook_timeout_s: float = Field(default=10.0, gt=0)

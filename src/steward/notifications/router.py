@@ -41,10 +41,12 @@ from steward.notifications.schemas import (
     WebhookRead,
     WebhookSet,
 )
+from steward.platform import pubsub
 from steward.platform.api import API_V1
 from steward.platform.deps import AppSettings, Session, resources_of
 from steward.platform.errors import Conflict
 from steward.platform.pagination import Cursor, Limit, Page
+from steward.platform.pubsub import user_channel
 from steward.platform.sockets import CLOSE_SLOW_CONSUMER
 from steward.platform.streaming import open_socket, sse_event, sse_response
 from steward.todos.deps import TodosReader
@@ -131,8 +133,10 @@ async def delete_webhook(user: ProfileWriter, session: Session) -> None:
 @router.websocket("")
 async def realtime_socket(websocket: WebSocket) -> None:
     """Todo changes and notifications, live (scope todos:read). Authenticate with
-    `Authorization: Bearer`, `x-api-key`, or `?access_token=` (browsers). Close codes: 4401
-    unauthenticated, 4403 missing scope, 4408 too slow to keep up, 4000 lifetime reached."""
+    `Authorization: Bearer`, `x-api-key`, or `?access_token=` (browsers). Every event has an
+    `event_id`; reconnect with `?last_event_id=` to receive what was missed first (or a
+    `resync` event when it is gone). Close codes: 4401 unauthenticated, 4403 missing scope,
+    4408 too slow to keep up, 4000 lifetime reached."""
     principal = await accept_socket(websocket, "todos:read")
     if principal is None:
         return
@@ -145,6 +149,11 @@ async def realtime_socket(websocket: WebSocket) -> None:
         async with open_socket(websocket, transport="websocket",
                                lifetime_s=settings.realtime_max_lifetime_s) as socket:  # fmt: skip
             await socket.send({"type": "ready", "user_id": str(principal.user_id)})
+            seen = websocket.query_params.get("last_event_id")
+            gate = _Gate(seen)
+            if seen:
+                for missed in await _catch_up(resources, str(principal.user_id), seen, gate):
+                    await socket.send(missed)
             while (remaining := socket.remaining()) > 0:
                 waiting = asyncio.create_task(
                     subscription.next(min(settings.realtime_heartbeat_s, remaining))
@@ -157,7 +166,10 @@ async def realtime_socket(websocket: WebSocket) -> None:
                 if subscription.dropped:
                     await socket.close(CLOSE_SLOW_CONSUMER, "too slow; reconnect")
                     return
-                await socket.send(event if event is not None else {"type": "ping"})
+                if event is None:
+                    await socket.send({"type": "ping"})
+                elif gate.passes(event):
+                    await socket.send(event)
             await socket.close_at_lifetime()
     finally:
         listener.cancel()
@@ -176,7 +188,8 @@ async def _drain(websocket: WebSocket) -> None:
 
 @router.get(
     "/events",
-    summary="Todo changes and notifications as server-sent events (scope todos:read)",
+    summary="Todo changes and notifications as server-sent events (scope todos:read); send "
+    "`Last-Event-ID` to receive what was missed first",
     dependencies=[RateLimited],
     responses={200: {"content": {"text/event-stream": {}}, "description": "the user's events"}},
 )
@@ -190,20 +203,60 @@ async def realtime_events(request: Request, _: TodosReader, user_id: CurrentUser
     )  # fmt: skip
 
 
+class _Gate:
+    """After a catch-up, live events already replayed (or older) are not sent again."""
+
+    def __init__(self, seen: str | None) -> None:
+        self.newest = seen
+
+    def passes(self, event: dict[str, Any]) -> bool:
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or self.newest is None:
+            return True
+        if not pubsub.is_newer(event_id, self.newest):
+            return False
+        self.newest = event_id
+        return True
+
+
+async def _catch_up(resources: Any, user_id: str, seen: str, gate: _Gate) -> list[dict[str, Any]]:
+    """What the device missed since `seen` (it is subscribed already: nothing falls between
+    this read and the live events, which the gate de-duplicates), or a `resync` event."""
+    settings = resources.settings
+    events, gone = await pubsub.missed(resources.redis, user_channel(user_id), seen,
+                                       limit=settings.realtime_catchup_max)  # fmt: skip
+    if gone:
+        gate.newest = None
+        detail = "events since your last one are no longer kept: reload your data"
+        return [{"type": "resync", "detail": detail}]
+    return [event for event in events if gate.passes(event)]
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    event_id = event.get("event_id")
+    return sse_event(str(event.get("type", "message")), event,
+                     event_id=event_id if isinstance(event_id, str) else None)  # fmt: skip
+
+
 async def _events(request: Request, user_id: str) -> AsyncIterator[bytes]:
     resources = resources_of(request)
     settings = resources.settings
     subscription = await resources.get(Hub).subscribe(user_id)
     deadline = time.monotonic() + settings.realtime_max_lifetime_s
+    seen = request.headers.get("last-event-id")
+    gate = _Gate(seen)
     try:
         yield sse_event("ready", {"user_id": user_id})
+        if seen:
+            for missed in await _catch_up(resources, user_id, seen, gate):
+                yield _sse(missed)
         while (remaining := deadline - time.monotonic()) > 0:
             event = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
             if subscription.dropped:
                 yield sse_event("error", {"detail": "too slow; reconnect"})
                 return
-            if event is not None:
-                yield sse_event(str(event.get("type", "message")), event)
+            if event is not None and gate.passes(event):
+                yield _sse(event)
     finally:
         await subscription.close()
 

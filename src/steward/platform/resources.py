@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from steward.platform import db
 from steward.platform.cache import Cache
 from steward.platform.proxies import Network, parse_networks
-from steward.platform.pubsub import publish_all
+from steward.platform.pubsub import Retention, publish_all
 from steward.platform.ratelimit import RateLimiter, RateLimitPolicy
 from steward.platform.redis import create_redis, create_request_redis
 from steward.platform.transactions import AfterCommit, Dispatcher, open_transaction
@@ -118,7 +118,8 @@ class Resources:
 
     async def _after_commit(self, queue: AfterCommit) -> None:
         await self.cache.invalidate(*sorted(queue.namespaces))
-        await publish_all(self.request_redis, queue.events)
+        retention = Retention(self.settings.realtime_catchup_s, self.settings.realtime_catchup_max)
+        await publish_all(self.request_redis, queue.events, retention)
         if queue.jobs:
             await self.get(Dispatcher).dispatch(queue.jobs)  # type: ignore[type-abstract]
         for callback in queue.callbacks:
