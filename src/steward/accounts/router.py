@@ -67,6 +67,18 @@ async def register(
     return UserRead.model_validate(user)
 
 
+def _sign_in_device(
+    request: Request,
+    x_device_name: Annotated[str | None, Header(max_length=200)] = None,
+    x_device_platform: Annotated[str | None, Header(max_length=32)] = None,
+) -> SignInDevice:
+    """The device a sign-in comes from, as the app names it, and the client's address."""
+    return SignInDevice.from_headers(x_device_name, x_device_platform, _client_ip(request))
+
+
+SignInFrom = Annotated[SignInDevice, Depends(_sign_in_device)]
+
+
 @auth.post(
     "/token",
     summary="Sign in with email and password (anyone); `X-Device-Name` and "
@@ -77,14 +89,12 @@ async def register(
 )  # fmt: skip
 async def token(
     form: CredentialsForm,
-    request: Request,
     session: Session,
     policy: Tokens,
     lockout: SignInLockout,
     passwords: PasswordHashing,
     settings: AppSettings,
-    x_device_name: Annotated[str | None, Header(max_length=200)] = None,
-    x_device_platform: Annotated[str | None, Header(max_length=32)] = None,
+    device: SignInFrom,
 ) -> TokenPair:
     user = await service.authenticate(
         session, email=form.username, password=form.password, passwords=passwords,
@@ -92,7 +102,6 @@ async def token(
     )  # fmt: skip
     if settings.require_email_verification and not user.email_verified:
         raise EmailNotVerified("confirm your email address first: open the link we sent")
-    device = SignInDevice.from_headers(x_device_name, x_device_platform, _client_ip(request))
     return await service.login(session, user=user, policy=policy, device=device)
 
 
@@ -111,13 +120,11 @@ async def oauth_sign_in(
     request: Request,
     session: Session,
     policy: Tokens,
-    x_device_name: Annotated[str | None, Header(max_length=200)] = None,
-    x_device_platform: Annotated[str | None, Header(max_length=32)] = None,
+    device: SignInFrom,
 ) -> TokenPair:
     id_tokens = resources_of(request).get(social.IdTokens)
     identity = await id_tokens.verify(provider, body.id_token, body.nonce)
     user = await social.account_for(session, identity)
-    device = SignInDevice.from_headers(x_device_name, x_device_platform, _client_ip(request))
     return await service.login(session, user=user, policy=policy, device=device)
 
 
