@@ -142,6 +142,10 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="least time between refetches for an unknown key id"
     )
 
+    # Push: FCM for Android and web devices (a Firebase service account's JSON key file).
+    fcm_service_account_file: Path | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+
     # HTTP
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

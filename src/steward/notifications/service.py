@@ -11,7 +11,8 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from steward.notifications import webhooks
+from steward.jobs import service as jobs
+from steward.notifications import devices, webhooks
 from steward.notifications.models import Notification
 from steward.notifications.schemas import NotificationRead
 from steward.platform.errors import NotFound
@@ -23,6 +24,10 @@ from steward.todos import service as todos
 log = structlog.get_logger(__name__)
 
 REMINDER = "reminder"
+
+
+# The task of notifications/tasks.py that pushes one notification to one device.
+PUSH_TO_DEVICE = "steward.push.device"
 
 
 async def send_due_reminders(session: AsyncSession, *, owner_id: uuid.UUID) -> int:
@@ -58,6 +63,9 @@ async def send_due_reminders(session: AsyncSession, *, owner_id: uuid.UUID) -> i
         await webhooks.deliver_after_commit(
             session, user_id=due.owner_id, event_type="notification.created", data=body
         )
+        for device in await devices.list_own(session, user_id=due.owner_id):
+            await jobs.enqueue(session, task=PUSH_TO_DEVICE,
+                               args=[str(notification_id), str(device.id)])  # fmt: skip
     if created:
         log.info("reminders.sent", owner_id=str(owner_id), count=created)
     return created

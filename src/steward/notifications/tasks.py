@@ -17,7 +17,7 @@ from steward.accounts.models import AccountToken
 from steward.jobs import runtime
 from steward.jobs import service as jobs
 from steward.jobs.base import StewardTask, TransientError
-from steward.notifications import account_mail, mail, service, webhooks
+from steward.notifications import account_mail, mail, push, service, webhooks
 from steward.notifications.models import Webhook
 from steward.platform.resources import Resources
 from steward.settings import Settings, get_settings
@@ -139,3 +139,15 @@ def send_password_reset(email: str) -> bool:
                             ttl_s=settings.password_reset_ttl_s)  # fmt: skip
 
     return _send("password_reset", compose)
+
+
+@shared_task(name=service.PUSH_TO_DEVICE, base=StewardTask)
+def push_to_device(notification_id: str, device_id: str) -> bool:
+    """One notification to one device (notifications/push.py); the service's refusals
+    forget the device, its hiccups retry."""
+
+    async def work(resources: Resources) -> bool:
+        return await push.push_to_device(resources, uuid.UUID(notification_id),
+                                         uuid.UUID(device_id))  # fmt: skip
+
+    return runtime.run(work)
