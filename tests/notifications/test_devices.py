@@ -57,3 +57,36 @@ async def test_bad_device_input_is_refused(client: httpx.AsyncClient) -> None:
         DEVICES, headers=narrow, json={"platform": "ios", "token": "t" * 20}
     )
     assert refused.status_code == 403
+
+
+async def test_quiet_hours_are_set_read_and_cleared(client: httpx.AsyncClient) -> None:
+    alice = await make_account(client)
+    assert (await client.get(f"{DEVICES}/quiet-hours", headers=alice.headers)).status_code == 404
+    night = {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"}
+    made = await client.put(f"{DEVICES}/quiet-hours", headers=alice.headers, json=night)
+    assert made.status_code == 200 and made.json() == {**night, "start": "22:00:00",
+                                                       "end": "07:00:00"}  # fmt: skip
+    for bad in ({**night, "timezone": "Mars/Olympus"}, {**night, "start": "25:00"},
+                {**night, "extra": 1}):  # fmt: skip
+        refused = await client.put(f"{DEVICES}/quiet-hours", headers=alice.headers, json=bad)
+        assert refused.status_code == 422, bad
+    cleared = await client.delete(f"{DEVICES}/quiet-hours", headers=alice.headers)
+    assert cleared.status_code == 204
+    assert (await client.get(f"{DEVICES}/quiet-hours", headers=alice.headers)).status_code == 404
+
+
+def test_quiet_hours_follow_the_users_time_zone_and_midnight() -> None:
+    from datetime import UTC, datetime, time
+
+    from steward.notifications.devices import is_quiet
+    from steward.notifications.models import QuietHours
+
+    night = QuietHours(start=time(22), end=time(7), timezone="Asia/Shanghai")  # UTC+8
+    at = lambda hour, minute=0: datetime(2026, 12, 4, hour, minute, tzinfo=UTC)  # noqa: E731
+    assert is_quiet(night, at(14))  # 22:00 in Shanghai
+    assert is_quiet(night, at(22, 59))  # 06:59 the next morning
+    assert not is_quiet(night, at(23))  # 07:00: over
+    assert not is_quiet(night, at(4))  # noon
+    lunch = QuietHours(start=time(12), end=time(13), timezone="UTC")
+    assert is_quiet(lunch, at(12, 30)) and not is_quiet(lunch, at(13))
+    assert not is_quiet(None, at(12))

@@ -162,3 +162,36 @@ async def test_a_due_reminder_is_pushed_and_a_gone_device_forgotten(
         await asyncio.sleep(1)  # a repeat would have arrived by now
     # One push per device: a delivered one is not sent again.
     assert len([b for _, b in fcm.messages if b["message"]["token"] == phone]) == 1
+
+
+@pytest.mark.usefixtures("clean_state")
+async def test_quiet_hours_hold_pushes_back(
+    engines: EngineSet, fcm: FakeFcm, tmp_path: Path
+) -> None:
+    from steward.app import create_app
+    from steward.notifications import push
+    from steward.notifications.models import Device, Notification, QuietHours
+    from tests.conftest import app_client, make_settings
+
+    account_file = tmp_path / "service-account.json"
+    account_file.write_text(json.dumps(fcm.account()))
+    settings = make_settings(engines, fcm_service_account_file=account_file, fcm_base_url=fcm.url)
+    app = create_app(settings)
+    async with app_client(app) as http:
+        alice = await make_account(http)
+        resources = app.state.resources
+        token = f"ok-{uuid.uuid4().hex}"
+        now = datetime.now(UTC)
+        async with resources.transaction() as session:
+            user_id = uuid.UUID(alice.id)
+            device = Device(id=uuid.uuid4(), user_id=user_id, platform="android", token=token)
+            note = Notification(id=uuid.uuid4(), user_id=user_id, kind="reminder", title="Hush")
+            quiet = QuietHours(user_id=user_id, start=(now - timedelta(hours=1)).time(),
+                               end=(now + timedelta(hours=1)).time(), timezone="UTC")  # fmt: skip
+            session.add_all([device, note, quiet])
+        assert await push.push_to_device(resources, note.id, device.id) is False
+        assert not [b for _, b in fcm.messages if b["message"]["token"] == token]
+        async with resources.transaction() as session:
+            await session.delete(await session.get(QuietHours, user_id))
+        assert await push.push_to_device(resources, note.id, device.id) is True
+        assert len([b for _, b in fcm.messages if b["message"]["token"] == token]) == 1

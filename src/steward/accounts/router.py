@@ -67,7 +67,7 @@ async def register(
     return UserRead.model_validate(user)
 
 
-def _sign_in_device(
+async def _sign_in_device(
     request: Request,
     x_device_name: Annotated[str | None, Header(max_length=200)] = None,
     x_device_platform: Annotated[str | None, Header(max_length=32)] = None,

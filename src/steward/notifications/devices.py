@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from steward.notifications.models import Device
-from steward.notifications.schemas import DeviceRegister
+from steward.notifications.models import Device, QuietHours
+from steward.notifications.schemas import DeviceRegister, QuietHoursSet
 from steward.platform.errors import NotFound
 
 log = structlog.get_logger(__name__)
@@ -51,3 +52,37 @@ async def remove(session: AsyncSession, *, user_id: uuid.UUID, device_id: uuid.U
     )  # fmt: skip
     if result.scalar_one_or_none() is None:
         raise NotFound("no such device of yours")
+
+
+async def quiet_hours(session: AsyncSession, *, user_id: uuid.UUID) -> QuietHours | None:
+    return await session.get(QuietHours, user_id)
+
+
+async def set_quiet_hours(
+    session: AsyncSession, *, user_id: uuid.UUID, hours: QuietHoursSet
+) -> QuietHours:
+    statement = (
+        insert(QuietHours)
+        .values(user_id=user_id, start=hours.start, end=hours.end, timezone=hours.timezone)
+        .on_conflict_do_update(
+            index_elements=[QuietHours.user_id],
+            set_={"start": hours.start, "end": hours.end, "timezone": hours.timezone},
+        )
+        .returning(QuietHours)
+    )
+    return (await session.execute(statement)).scalar_one()
+
+
+async def clear_quiet_hours(session: AsyncSession, *, user_id: uuid.UUID) -> None:
+    await session.execute(delete(QuietHours).where(QuietHours.user_id == user_id))
+
+
+def is_quiet(hours: QuietHours | None, now: datetime) -> bool:
+    """Whether `now` falls in the quiet hours, in their time zone (spanning midnight when
+    the end is earlier than the start)."""
+    if hours is None or hours.start == hours.end:
+        return False
+    local = now.astimezone(ZoneInfo(hours.timezone)).time().replace(tzinfo=None)
+    if hours.start < hours.end:
+        return hours.start <= local < hours.end
+    return local >= hours.start or local < hours.end

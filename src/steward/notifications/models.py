@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, time
 
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -61,3 +61,17 @@ class Device(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (Index("ix_devices_user_id", "user_id"),)
+
+
+class QuietHours(Base):
+    """When a user wants no push (local time of their time zone); notifications still reach
+    the app's list and live events."""
+
+    __tablename__ = "quiet_hours"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    start: Mapped[time]
+    end: Mapped[time]
+    timezone: Mapped[str] = mapped_column(String(64))

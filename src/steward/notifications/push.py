@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import structlog
 from sqlalchemy import delete
 
 from steward.jobs.base import TransientError
+from steward.notifications import devices
 from steward.notifications.models import Device, Notification
 from steward.platform.resources import Resources, provide
 from steward.settings import Settings
@@ -156,8 +158,12 @@ async def push_to_device(resources: Resources, notification_id: uuid.UUID,
     async with resources.transaction() as session:
         notification = await session.get(Notification, notification_id)
         device = await session.get(Device, device_id)
+        quiet = await devices.quiet_hours(session, user_id=device.user_id) if device else None
     if notification is None or device is None or device.user_id != notification.user_id:
         return False  # deleted, or the token moved to another account meanwhile
+    if devices.is_quiet(quiet, datetime.now(UTC)):
+        log.info("push.quiet_hours", device_id=str(device.id))
+        return False  # the notification is in the app's list and live events all the same
     provider = resources.get(PushProviders).get(device.platform)
     if provider is None:
         return False

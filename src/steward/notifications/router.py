@@ -36,6 +36,7 @@ from steward.notifications.schemas import (
     DeviceRead,
     DeviceRegister,
     NotificationRead,
+    QuietHoursSet,
     ReadAll,
     WebhookCreated,
     WebhookRead,
@@ -44,7 +45,7 @@ from steward.notifications.schemas import (
 from steward.platform import pubsub
 from steward.platform.api import API_V1
 from steward.platform.deps import AppSettings, Session, resources_of
-from steward.platform.errors import Conflict
+from steward.platform.errors import Conflict, NotFound
 from steward.platform.pagination import Cursor, Limit, Page
 from steward.platform.pubsub import user_channel
 from steward.platform.sockets import CLOSE_SLOW_CONSUMER
@@ -340,6 +341,38 @@ async def register_device(
     body: DeviceRegister, user: ProfileWriter, session: Session
 ) -> DeviceRead:
     return DeviceRead.model_validate(await devices.register(session, user_id=user.id, device=body))
+
+
+@devices_routes.get(
+    "/quiet-hours", summary="Own quiet hours: no push between them (any user)",
+    responses={401: {"description": "not signed in"}, 404: {"description": "none are set"}},
+)  # fmt: skip
+async def get_quiet_hours(user: CurrentUser, session: Session) -> QuietHoursSet:
+    hours = await devices.quiet_hours(session, user_id=user.id)
+    if hours is None:
+        raise NotFound("no quiet hours are set")
+    return QuietHoursSet.model_validate(hours)
+
+
+@devices_routes.put(
+    "/quiet-hours", summary="Set own quiet hours (scope profile:write or a signed-in user)",
+    responses={401: {"description": "not signed in"}, 403: {"description": "a narrow API key"}},
+)  # fmt: skip
+async def put_quiet_hours(
+    body: QuietHoursSet, user: ProfileWriter, session: Session
+) -> QuietHoursSet:
+    hours = await devices.set_quiet_hours(session, user_id=user.id, hours=body)
+    return QuietHoursSet.model_validate(hours)
+
+
+@devices_routes.delete(
+    "/quiet-hours", status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove own quiet hours (scope profile:write or a signed-in user)",
+    responses={401: {"description": "not signed in"}, 403: {"description": "a narrow API key"}},
+)  # fmt: skip
+async def delete_quiet_hours(user: ProfileWriter, session: Session) -> Response:
+    await devices.clear_quiet_hours(session, user_id=user.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @devices_routes.get("", summary="Own devices (any user)",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, time
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steward.platform.inputs import Text, WebhookUrl
 
@@ -61,3 +62,29 @@ class DeviceRead(BaseModel):
     name: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class QuietHoursSet(BaseModel):
+    """No push from `start` to `end` (local times; `end` before `start` spans midnight)."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    start: time
+    end: time
+    timezone: Annotated[Text, Field(min_length=1, max_length=64)] = Field(
+        description="an IANA time zone, e.g. Europe/Paris"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"not a known time zone: {value!r}") from None
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _naive(cls, value: time) -> time:
+        return value.replace(tzinfo=None, microsecond=0)
