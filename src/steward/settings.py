@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     # Push: FCM for Android and web devices (a Firebase service account's JSON key file).
     fcm_service_account_file: Path | None = None
     fcm_base_url: str = "https://fcm.googleapis.com"
+    # APNs for iOS devices: a token-based auth key (.p8), its key id, the team id and the app's
+    # bundle id (the topic). The sandbox is https://api.sandbox.push.apple.com.
+    apns_key_file: Path | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_base_url: str = "https://api.push.apple.com"
 
     # HTTP
     host: str = "127.0.0.1"

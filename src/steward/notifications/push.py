@@ -1,11 +1,13 @@
-"""Push notifications to devices. Each platform's service is a `PushProvider`; FCM (HTTP v1,
+"""Push notifications to devices. Each platform's service is a `PushProvider`: FCM (HTTP v1,
 authorised with a service account's signed JWT exchanged for an OAuth2 token) serves Android
-and web devices. A notification is pushed by a task (notifications/tasks.py) to each of the
-user's devices: a token the service reports gone (404, UNREGISTERED) removes the device,
-a busy or failing service (429, 5xx, unreachable) is retried with backoff by the task.
+and web devices, APNs (HTTP/2, a provider token signed with the team's key) iOS ones. A
+notification is pushed by a task (notifications/tasks.py) to each of the user's devices: a
+token the service reports gone (FCM 404/UNREGISTERED, APNs 410/BadDeviceToken) removes the
+device, a busy or failing service (429, 5xx, unreachable) is retried with backoff by the task.
 
-Hand-written over the Firebase Admin SDK: that SDK is synchronous, pulls in google-auth's
-transport stack, and its messaging retries would hide the answers this module acts on."""
+Hand-written over the Firebase Admin SDK and an APNs library: the SDK is synchronous and
+pulls in google-auth's transport stack, the maintained APNs clients (aioapns) bring their own
+HTTP/2 stack; both would hide the answers this module acts on, which are a few lines each."""
 
 from __future__ import annotations
 
@@ -131,15 +133,83 @@ def _fcm_error(answer: httpx.Response) -> str | None:
     return str(status) if status else None
 
 
+class Apns:
+    """Apple Push Notification service: HTTP/2, authorised by a provider token (an ES256 JWT
+    from the team's auth key), renewed every 50 minutes (Apple refuses one older than an
+    hour) and once when Apple calls it expired."""
+
+    platforms = frozenset({"ios"})
+    _TOKEN_LIFETIME_S = 50 * 60
+
+    def __init__(self, *, key: str, key_id: str, team_id: str, topic: str, base_url: str,
+                 client: httpx.AsyncClient) -> None:  # fmt: skip
+        self._key, self._key_id, self._team_id, self._topic = key, key_id, team_id, topic
+        self._base_url = base_url.rstrip("/")
+        self._client = client
+        self._token: tuple[str, float] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: httpx.AsyncClient) -> Apns | None:
+        s = settings
+        if not (s.apns_key_file and s.apns_key_id and s.apns_team_id and s.apns_topic):
+            return None
+        return cls(key=Path(s.apns_key_file).read_text(), key_id=s.apns_key_id,
+                   team_id=s.apns_team_id, topic=s.apns_topic, base_url=s.apns_base_url,
+                   client=client)  # fmt: skip
+
+    def _provider_token(self) -> str:
+        if self._token is None or self._token[1] <= time.monotonic():
+            token = jwt.encode({"iss": self._team_id, "iat": int(time.time())}, self._key,
+                               algorithm="ES256", headers={"kid": self._key_id})  # fmt: skip
+            self._token = (token, time.monotonic() + self._TOKEN_LIFETIME_S)
+        return self._token[0]
+
+    async def send(self, token: str, message: PushMessage) -> bool:
+        url = f"{self._base_url}/3/device/{token}"
+        payload = {"aps": {"alert": {"title": message.title, "body": message.body},
+                           "sound": "default"}, **message.data}  # fmt: skip
+        for attempt in range(2):
+            headers = {"authorization": f"bearer {self._provider_token()}",
+                       "apns-topic": self._topic, "apns-push-type": "alert",
+                       "apns-priority": "10"}  # fmt: skip
+            try:
+                answer = await self._client.post(url, json=payload, headers=headers)
+            except httpx.TransportError as exc:
+                raise TransientError(f"APNs unreachable: {type(exc).__name__}") from exc
+            reason = _apns_reason(answer)
+            if answer.status_code == 403 and reason == "ExpiredProviderToken" and attempt == 0:
+                self._token = None
+                continue
+            break
+        if answer.status_code == 200:
+            return True
+        if answer.status_code == 410 or reason in ("BadDeviceToken", "Unregistered",
+                                                   "DeviceTokenNotForTopic"):  # fmt: skip
+            return False
+        if answer.status_code == 429 or answer.status_code >= 500:
+            raise TransientError(f"APNs answered {answer.status_code} {reason}")
+        raise RuntimeError(f"APNs refused the notification ({answer.status_code} {reason})")
+
+
+def _apns_reason(answer: httpx.Response) -> str | None:
+    try:
+        reason = answer.json().get("reason")
+    except ValueError:
+        return None
+    return str(reason) if reason else None
+
+
 class PushProviders:
     """The configured provider of each platform, sharing one HTTP client (a resources part)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        # HTTP/2 where the service speaks it (APNs requires it; FCM takes either).
+        self._client = httpx.AsyncClient(http2=True, timeout=httpx.Timeout(10.0, connect=5.0))
         self._by_platform: dict[str, PushProvider] = {}
-        fcm = Fcm.from_settings(settings, self._client)
-        if fcm is not None:
-            self._by_platform.update(dict.fromkeys(fcm.platforms, fcm))
+        for provider in (Fcm.from_settings(settings, self._client),
+                         Apns.from_settings(settings, self._client)):  # fmt: skip
+            if provider is not None:
+                self._by_platform.update(dict.fromkeys(provider.platforms, provider))
 
     def get(self, platform: str) -> PushProvider | None:
         return self._by_platform.get(platform)
