@@ -1,8 +1,8 @@
 """Configuration: the one place settings are read, from the environment or a `.env` file.
 
-A little over 450 lines on purpose: one flat class whose fields are the environment
-variables one for one (README's table follows it), grouped by comments; nesting them into
-sub-models would change every variable's name (`EMAIL__SMTP_HOST`)."""
+One flat set of fields, the environment variables one for one (README's table follows it),
+grouped by comments; those of the account lifecycle (email, social sign-in, push) are a mixin
+in settings_lifecycle.py, which keeps their names (nesting would make them `EMAIL__...`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from steward.settings_lifecycle import AccountLifecycleSettings
 
 DEFAULT_SECRET_KEY = "dev-secret-change-me-0123456789abcdef"  # noqa: S105 - the refused default
 
@@ -70,7 +72,7 @@ class ProviderConfig(BaseModel):
         return None
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, AccountLifecycleSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
@@ -103,55 +105,6 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300)
     jwt_issuer: str = "steward"
     jwt_audience: str = "steward-api"
-
-    # Email (verification, password reset). Without SMTP_HOST, emails are logged, one line
-    # each (links with their tokens only outside production).
-    smtp_host: str | None = None
-    smtp_port: int = Field(default=587, ge=1, le=65535)
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
-    smtp_timeout_s: float = Field(default=10.0, gt=0)
-    mail_from: str = "Steward <no-reply@localhost>"
-    public_url: str = Field(
-        default="http://127.0.0.1:8000", description="where links in emails point"
-    )
-    require_email_verification: bool = Field(
-        default=False, description="refuse sign-in until the email address is verified"
-    )
-    email_verification_ttl_s: int = Field(default=2 * 86_400, ge=300)
-    password_reset_ttl_s: int = Field(default=3600, ge=300, le=86_400)
-    rate_limit_email: str = Field(
-        default="3/hour", description="verification resends and reset requests per account"
-    )
-
-    # Social sign-in: an ID token from Sign in with Apple or Google, checked against the
-    # provider's keys (JWKS, cached) and these client ids (the token's `aud`).
-    google_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    google_issuers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["https://accounts.google.com", "accounts.google.com"]
-    )
-    google_jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
-    apple_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    apple_issuers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["https://appleid.apple.com"]
-    )
-    apple_jwks_url: str = "https://appleid.apple.com/auth/keys"
-    jwks_cache_s: int = Field(default=3600, ge=60, description="how long provider keys are kept")
-    jwks_refetch_cooldown_s: float = Field(
-        default=30.0, ge=0, description="least time between refetches for an unknown key id"
-    )
-
-    # Push: FCM for Android and web devices (a Firebase service account's JSON key file).
-    fcm_service_account_file: Path | None = None
-    fcm_base_url: str = "https://fcm.googleapis.com"
-    # APNs for iOS devices: a token-based auth key (.p8), its key id, the team id and the app's
-    # bundle id (the topic). The sandbox is https://api.sandbox.push.apple.com.
-    apns_key_file: Path | None = None
-    apns_key_id: str | None = None
-    apns_team_id: str | None = None
-    apns_topic: str | None = None
-    apns_base_url: str = "https://api.push.apple.com"
 
     # HTTP
     host: str = "127.0.0.1"
@@ -202,6 +155,9 @@ class Settings(BaseSettings):
     login_lockout_base_s: float = Field(default=30.0, gt=0)
     login_lockout_max_s: float = Field(default=900.0, gt=0)
     rate_limit_assistant: str = "30/minute"
+    rate_limit_email: str = Field(
+        default="3/hour", description="verification resends and reset requests per account"
+    )
     rate_limit_fail_open: bool = True
     rate_limit_login_fail_open: bool = False
     # Requests' worth of budget a process may take from Redis in one round trip and admit
@@ -323,7 +279,6 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
     @field_validator("cors_origins", "trusted_proxies", "worker_queues", "task_modules",
-                     "google_client_ids", "google_issuers", "apple_client_ids", "apple_issuers",
                      mode="before")  # fmt: skip
     @classmethod
     def _split_origins(cls, value: object) -> object:
