@@ -71,7 +71,8 @@ async def test_persistent_500s_end_in_an_error_event_and_a_failed_run(
     events = await _stream(client, alice, conversation)
     assert [name for name, _ in events] == ["run", "error", "usage", "done"]
     error = events[1][1]
-    assert error["status"] == 503 and error["type"].endswith("/provider-unavailable")
+    assert error["status"] == 502 and error["type"].endswith("/provider-unavailable")
+    assert error["cause"] == "status" and "HTTP 500" in error["detail"]
     assert events[-1][1]["status"] == "failed"
     assert len(fake.requests) == 3  # one call and max_retries=2 retries
     assert await _statuses(engines) == ["failed"]
@@ -83,9 +84,13 @@ async def test_a_rejected_request_is_not_retried(
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
     fake.script(Script(status=400))
-    body = (await ask(client, alice, conversation, "hi")).json()
-    assert body["run"]["status"] == "failed"
-    assert body["run"]["error"]["type"].endswith("/provider-rejected")
+    response = await ask(client, alice, conversation, "hi")
+    problem = response.json()
+    assert response.status_code == 502, problem
+    assert response.headers["content-type"] == "application/problem+json"
+    assert problem["type"].endswith("/provider-rejected") and problem["cause"] == "status"
+    run = (await client.get(problem["run"], headers=alice.headers)).json()
+    assert run["id"] == problem["run_id"] and run["status"] == "failed"
     assert len(fake.requests) == 1
 
 
@@ -155,9 +160,7 @@ async def test_breaker_opens_then_fallback_answers_then_a_probe_closes_it(
         conversation = await new_conversation(client, alice)
         fake.script(Script(status=500), Script(status=500))
         for _ in range(2):
-            assert (await ask(client, alice, conversation, "hi")).json()["run"][
-                "status"
-            ] == "failed"
+            assert (await ask(client, alice, conversation, "hi")).status_code == 502
         assert len(fake.requests) == 2
 
         opened = (await ask(client, alice, conversation, "hi")).json()
@@ -186,7 +189,7 @@ async def test_without_a_fallback_an_open_circuit_is_a_clear_error(
         conversation = await new_conversation(client, alice)
         fake.script(Script(status=502))
         await ask(client, alice, conversation, "hi")
-        body = (await ask(client, alice, conversation, "hi")).json()
-    assert body["run"]["status"] == "failed"
-    assert body["run"]["error"]["type"].endswith("/circuit-open")
+        response = await ask(client, alice, conversation, "hi")
+    assert response.status_code == 503
+    assert response.json()["type"].endswith("/circuit-open")
     assert len(fake.requests) == 1

@@ -23,7 +23,9 @@ from steward.assistant.models import Run, RunStatus
 from steward.assistant.plan import Plan, Preloaded, input_budget
 from steward.assistant.providers import (
     ChatRequest,
+    CircuitOpen,
     Finish,
+    FirstTokenTimeout,
     Provider,
     ProviderError,
     ProviderRejected,
@@ -55,19 +57,33 @@ class Stalled(ProviderUnavailable):
 
 
 def _problem(exc: ProviderError | TimeoutError | Exception) -> dict[str, Any]:
+    """How a run failed, as a problem whose status is what a gateway would answer: 504 when
+    the provider was too slow (no first token, a stall, the run's time limit), 503 when the
+    circuit breaker kept it from being called, 502 for anything else it did (refused the
+    connection, failed DNS or TLS, answered an error or nonsense); 500 is our own bug."""
+    cause: str | None = None
     if isinstance(exc, ProviderError):
-        status = 503 if isinstance(exc, ProviderUnavailable) else 502
+        cause = exc.cause
+        if isinstance(exc, FirstTokenTimeout | Stalled) or cause == "timeout":
+            status = 504
+        elif isinstance(exc, CircuitOpen):
+            status = 503
+        else:
+            status = 502
         slug, detail = exc.kind.replace("_", "-"), str(exc)
     elif isinstance(exc, TimeoutError):
         status, slug, detail = 504, "run-timeout", "the run took longer than allowed"
     else:
         status, slug, detail = 500, "internal-error", "the run failed unexpectedly"
-    return {
+    problem: dict[str, Any] = {
         "type": PROBLEM_BASE + slug,
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
     }
+    if cause is not None:
+        problem["cause"] = cause
+    return problem
 
 
 @dataclass(slots=True)

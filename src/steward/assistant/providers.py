@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +27,10 @@ from steward.settings import ProviderConfig
 
 
 class ProviderError(Exception):
+    """`cause` names what went wrong, for clients and operators alike: `connection_refused`,
+    `dns`, `tls`, `timeout`, `connection` (other transport failures), `status` (the provider
+    answered an error), `reply` (it answered something unreadable), or None."""
+
     kind = "provider_error"
 
     def __init__(
@@ -34,16 +40,19 @@ class ProviderError(Exception):
         provider: str,
         status: int | None = None,
         retry_after: float | None = None,
+        cause: str | None = None,
     ) -> None:
         super().__init__(message)
         self.provider = provider
         self.status = status
         self.retry_after = retry_after
+        self.cause = cause
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Picklable with its keyword-only arguments (see knowledge.embedders.EmbeddingError).
         rebuild = functools.partial(type(self), str(self), provider=self.provider,
-                                    status=self.status, retry_after=self.retry_after)  # fmt: skip
+                                    status=self.status, retry_after=self.retry_after,
+                                    cause=self.cause)  # fmt: skip
         return rebuild, ()
 
 
@@ -133,24 +142,66 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         return None  # an HTTP date: rare from these APIs; the backoff applies instead
 
 
-def translate(exc: Exception, provider: str) -> ProviderError:
-    """An SDK or transport exception as one of ours."""
+def translate(exc: Exception, provider: str, *, endpoint: str = "") -> ProviderError:
+    """An SDK or transport exception as one of ours, named by its cause. `endpoint` (the
+    provider's base URL) goes into the message so that an operator sees where it tried."""
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retry_after = _retry_after(exc.response.headers)
-        message = f"{provider} answered {status}"
+        message = f"{provider} answered HTTP {status}"
         if status == 429 or status >= 500 or status == 408:
             return ProviderUnavailable(message, provider=provider, status=status,
-                                       retry_after=retry_after)  # fmt: skip
-        return ProviderRejected(message, provider=provider, status=status)
-    if isinstance(exc, openai.APITimeoutError | TimeoutError):
-        return ProviderUnavailable(f"{provider} timed out", provider=provider)
-    if isinstance(exc, openai.APIConnectionError | OSError) or _is_transport_error(exc):
-        return ProviderUnavailable(f"{provider} could not be reached", provider=provider)
+                                       retry_after=retry_after, cause="status")  # fmt: skip
+        return ProviderRejected(message, provider=provider, status=status, cause="status")
+    transport = _transport_cause(exc)
+    if transport is not None:
+        cause, what = transport
+        at = f" ({endpoint})" if endpoint else ""
+        return ProviderUnavailable(f"{provider}{at}: {what}", provider=provider, cause=cause)
     # Malformed chunks and anything else the SDK raises mid-stream.
-    return ProviderError(f"{provider} sent a reply that could not be read", provider=provider)
+    return ProviderError(f"{provider} sent a reply that could not be read", provider=provider,
+                         cause="reply")  # fmt: skip
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _transport_cause(exc: Exception) -> tuple[str, str] | None:
+    """(cause, words) for a failure to reach the provider or to keep reading from it.
+
+    The SDK reports every failure to connect through its aiohttp transport as a timeout
+    (`APITimeoutError` over `ConnectTimeout`), a refused connection within milliseconds
+    included; the real reason is further down the exception chain, so it is read there."""
+    chain = _chain(exc)
+    if not (
+        isinstance(exc, openai.APIConnectionError | OSError | TimeoutError)
+        or _is_transport_error(exc)
+    ):
+        return None
+    for link in chain:
+        if isinstance(link, ConnectionRefusedError):
+            return "connection_refused", "connection refused"
+        if isinstance(link, socket.gaierror):
+            return "dns", f"DNS lookup failed ({link.strerror or link})"
+        if isinstance(link, ssl.SSLCertVerificationError):
+            # (aiohttp's own subclass carries none of ssl's attributes)
+            why = getattr(link, "verify_message", None) or getattr(link, "reason", None) or link
+            return "tls", f"TLS certificate rejected ({why})"
+        if isinstance(link, ssl.SSLError):
+            return "tls", f"TLS handshake failed ({getattr(link, 'reason', None) or link})"
+    if any(isinstance(link, TimeoutError | openai.APITimeoutError) for link in chain):
+        connecting = any("connect" in type(link).__name__.lower() for link in chain)
+        return "timeout", "timed out connecting" if connecting else "timed out"
+    reason = next((str(link) for link in reversed(chain) if str(link)), type(exc).__name__)
+    return "connection", f"connection failed ({reason})"
 
 
 def _is_transport_error(exc: Exception) -> bool:
@@ -237,7 +288,7 @@ class OpenAICompatible:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise translate(exc, self.name) from exc
+            raise translate(exc, self.name, endpoint=self.config.base_url) from exc
 
     async def aclose(self) -> None:
         await self._client.close()

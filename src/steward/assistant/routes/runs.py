@@ -26,7 +26,12 @@ from steward.assistant.schemas import MessageCreate, Reply, RunRead, UsageDayRea
 from steward.assistant.streams import RunEvent
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, resources_of
-from steward.platform.errors import UnprocessableContent, problem_body
+from steward.platform.errors import (
+    PROBLEM_BASE,
+    UnprocessableContent,
+    problem_body,
+    problem_response,
+)
 from steward.platform.resources import Resources
 from steward.platform.streaming import sse_event, sse_response
 
@@ -92,6 +97,10 @@ def _stream(
         **SSE_RESPONSE,
         202: {"model": RunRead, "description": "background run queued"},
         404: {"description": "no such conversation"},
+        502: {"description": "the provider failed (refused, DNS, TLS, an error status...): "
+                             "`run_id`, `cause`"},
+        503: {"description": "the provider's circuit breaker is open, or a dependency is down"},
+        504: {"description": "the provider was too slow (first token, stall, run time limit)"},
         422: {"description": "bad input, or the message exceeds the token limit"},
     },
     dependencies=[AssistantLimited],
@@ -122,7 +131,25 @@ async def post_message(
     if "text/event-stream" in request.headers.get("accept", ""):
         return _stream(resources, live.batches(MAX_BATCH), live.run_id, "assistant-sse")
     reply = await runs.reply(resources, live, owner_id=owner_id)
+    if reply.run.status == "failed":
+        return _failed(request, reply.run)
     return Response(reply.model_dump_json(), media_type="application/json")
+
+
+def _failed(request: Request, run: RunRead) -> Response:
+    """A run that failed answers its error as the problem it is (502, 503 or 504: the
+    provider, not the request, failed), with the run to look at; not a 200."""
+    error = run.error or {}
+    code = error.get("status")
+    status_code = code if isinstance(code, int) and 500 <= code <= 599 else 502
+    slug = str(error.get("type", "")).removeprefix(PROBLEM_BASE) or None
+    extra: dict[str, Any] = {"run_id": str(run.id), "run": f"{API_V1}/assistant/runs/{run.id}"}
+    if cause := error.get("cause"):
+        extra["cause"] = cause
+    return problem_response(
+        request, status_code, detail=error.get("detail") or "the run failed", slug=slug,
+        extra=extra,
+    )  # fmt: skip
 
 
 @router.get(
