@@ -216,6 +216,9 @@ async def test_background_run_is_executed_by_a_worker(
         assert run["status"] == "succeeded" and run["background"] is True
         assert run["message"]["content"] == "answered in the background"
         assert run["usage"]["total_tokens"] == 13
+        job = await http.get(f"/api/v1/jobs/{accepted.json()['job_id']}", headers=alice.headers)
+        assert job.json()["name"] == "steward.assistant.run", job.text
+        assert job.json()["state"] == "SUCCESS"
     # The worker's log lines for this task carry the API call's request id and trace.
     lines = [json.loads(line) for line in WORKER_LOG.read_text().splitlines()
              if '"assistant.background_run"' in line and run_id in line]  # fmt: skip

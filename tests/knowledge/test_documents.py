@@ -274,3 +274,19 @@ async def test_a_narrow_api_key_gets_403_and_the_service_key_no_user(
     assert (await client.get(f"{DOCS}/{document['id']}", headers=read_only)).status_code == 200
     assert (await client.delete(f"{DOCS}/{document['id']}", headers=read_only)).status_code == 403
     assert (await client.get(DOCS)).status_code == 401
+
+
+async def test_an_upload_names_its_ingestion_job_which_only_its_owner_reads(
+    client: httpx.AsyncClient,
+) -> None:
+    alice, bob = await make_account(client), await make_account(client)
+    document = await upload(client, alice, "Jobs", "# Jobs\n\nA job id comes back.")
+    job_id = document["job_id"]
+    assert isinstance(job_id, str)
+    job = await client.get(f"/api/v1/jobs/{job_id}", headers=alice.headers)
+    assert job.status_code == 200, job.text
+    assert job.json()["name"] == "steward.ingest.document"
+    assert (await client.get(f"/api/v1/jobs/{job_id}", headers=bob.headers)).status_code == 404
+    # Reading the document later does not invent a job: only the upload started one.
+    read = await client.get(f"{DOCS}/{document['id']}", headers=alice.headers)
+    assert read.json()["job_id"] is None

@@ -131,9 +131,11 @@ async def queue(
         plan, prompt = await _plan(resources, session, sender, conversation.id, message)
         await repository.store_run(session, plan=plan, prompt=prompt, content=message.content,
                                    background=True)  # fmt: skip
-        await jobs.enqueue(session, owner_id=plan.user_id, task=RUN_TASK,
-                           kwargs={"plan": plan.to_json()})  # fmt: skip
-        return await service.read_run(session, owner_id=plan.user_id, run_id=plan.run_id)
+        job_id = await jobs.enqueue(session, owner_id=plan.user_id, task=RUN_TASK,
+                                    kwargs={"plan": plan.to_json()})  # fmt: skip
+        run = await service.read_run(session, owner_id=plan.user_id, run_id=plan.run_id)
+        run.job_id = job_id
+        return run
 
 
 async def _plan(

@@ -93,6 +93,10 @@ class RunRead(BaseModel):
     first_token_at: datetime | None
     finished_at: datetime | None
     message: MessageRead | None = Field(default=None, description="the final answer, once there")
+    job_id: str | None = Field(
+        default=None,
+        description="on a background run's 202: its job (`GET /api/v1/jobs/{job_id}`)",
+    )
 
 
 class Reply(BaseModel):

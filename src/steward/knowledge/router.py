@@ -168,7 +168,9 @@ async def upload_document(
     ).path
     if not created.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return DocumentRead.model_validate(created.document)
+    document = DocumentRead.model_validate(created.document)
+    document.job_id = created.job_id
+    return document
 
 
 @router.get("/documents", summary="List own documents, newest first (scope knowledge:read)",

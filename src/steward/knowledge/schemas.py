@@ -42,6 +42,10 @@ class DocumentRead(BaseModel):
     dimensions: int | None
     created_at: datetime
     updated_at: datetime
+    job_id: str | None = Field(
+        default=None,
+        description="on upload: the ingestion job it started (`GET /api/v1/jobs/{job_id}`)",
+    )
 
 
 class SearchMode(StrEnum):

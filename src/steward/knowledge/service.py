@@ -75,6 +75,7 @@ def document_changed(session: AsyncSession, document: Document) -> None:
 class Created:
     document: Document
     created: bool
+    job_id: str | None = None  # the ingestion this call started, if it started one
 
 
 async def create(
@@ -126,9 +127,11 @@ async def create(
         document = existing
     else:
         document = await session.get_one(Document, inserted)
-    await jobs.enqueue(session, task=INGEST_TASK, args=[str(document.id)], owner_id=owner_id)
+    job_id = await jobs.enqueue(
+        session, task=INGEST_TASK, args=[str(document.id)], owner_id=owner_id
+    )
     document_changed(session, document)
-    return Created(document, created=inserted is not None)
+    return Created(document, created=inserted is not None, job_id=job_id)
 
 
 async def list_documents(
