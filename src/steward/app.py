@@ -24,7 +24,7 @@ from steward.jobs import router as jobs_router
 from steward.knowledge import router as knowledge_router
 from steward.notifications import account_mail
 from steward.notifications import router as realtime_router
-from steward.platform import errors, health, openapi, tracing
+from steward.platform import errors, health, openapi, pages, tracing
 from steward.platform.api import API_V1
 from steward.platform.logging import configure_logging
 from steward.platform.metrics import MetricsMiddleware, watch_event_loop
@@ -127,12 +127,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Accounts, todos, a streaming assistant, knowledge search and background jobs.",
         lifespan=lifespan,
         middleware=_middleware(settings),
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # platform/pages.py serves them, without a CDN
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     errors.install_handlers(app)
     openapi.install(app)
+    pages.install(app)
     tracing.instrument(app, settings)
     # Cross-domain reactions to account changes (accounts imports no other domain).
     hooks.on_user_created(account_mail.user_created)

@@ -55,11 +55,20 @@ async def test_security_headers_on_api_responses(client: httpx.AsyncClient) -> N
     assert "strict-transport-security" not in response.headers
 
 
-async def test_docs_page_is_not_blanked_by_the_api_policy(client: httpx.AsyncClient) -> None:
-    response = await client.get("/docs")
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/playground"])
+async def test_pages_get_a_same_origin_policy_not_the_api_one(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.get(path)
     assert response.status_code == 200
-    assert "content-security-policy" not in response.headers
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "connect-src 'self'" in policy
+    assert "http" not in policy  # no CDN, no third party
     assert response.headers["x-content-type-options"] == "nosniff"
+    # Every script and stylesheet the page names is served here.
+    for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', response.text):
+        assert asset.startswith("/"), asset
+        assert (await client.get(asset)).status_code == 200, asset
 
 
 async def test_cors_allows_only_configured_origins(engines: EngineSet, clean_state: None) -> None:

@@ -161,9 +161,16 @@ _SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
-# The interactive docs load their scripts and styles from a CDN; the strict API policy
-# would blank them, so these pages get the other headers only.
-_DOCS_PATHS = ("/docs", "/redoc", "/playground")
+# The pages (docs, playground; platform/pages.py) run scripts and call the API, so they get
+# their own policy: everything from this origin only (Swagger UI's page has an inline
+# script, ReDoc starts a worker from a blob), nothing from anywhere else.
+_PAGE_PATHS = ("/docs", "/redoc", "/playground")
+_PAGE_CSP = (
+    b"content-security-policy",
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+)
 
 
 _NO_STORE = (b"cache-control", b"no-store")
@@ -177,14 +184,14 @@ class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
         common = [*_SECURITY_HEADERS, *([_HSTS] if hsts else [])]
-        self._docs_headers = tuple(common)
+        self._page_headers = (*common, _PAGE_CSP)
         self._api_headers = (*common, _API_CSP)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self._docs_headers if scope["path"].startswith(_DOCS_PATHS) else self._api_headers
+        extra = self._page_headers if scope["path"].startswith(_PAGE_PATHS) else self._api_headers
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
