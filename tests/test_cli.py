@@ -78,6 +78,8 @@ def test_run_serves_runs_jobs_and_stops_cleanly(tmp_path: Path) -> None:
         celery = create_celery(Settings(_env_file=None, redis_url=redis_url))  # type: ignore[call-arg]
         assert celery.send_task("steward.ping").get(timeout=60) == "pong"
 
+        _operator_commands_reach_the_running_engines(tmp_path, port)
+
         processes = _everything_under(psutil.Process(process.pid), tmp_path)
         assert len(processes) >= 5  # api, worker (+ pool), beat, postgres, valkey
         process.send_signal(signal.SIGTERM)
@@ -90,8 +92,79 @@ def test_run_serves_runs_jobs_and_stops_cleanly(tmp_path: Path) -> None:
     _gone, alive = psutil.wait_procs(processes, timeout=10)
     assert not alive, [p.info if hasattr(p, "info") else p.pid for p in alive]
     text = output.decode(errors="replace")
-    assert f"http://127.0.0.1:{port}/docs" in text
-    assert f"http://127.0.0.1:{port}/metrics" in text
+    # One banner, after the worker said it is ready, with every URL and the offline notice;
+    # no Celery banner.
+    assert text.count("Steward is ready") == 1, text[-3000:]
+    banner = text[text.index("Steward is ready") :]
+    assert text.index('"worker.ready"') < text.index("Steward is ready")
+    for path in ("/playground", "/docs", "/redoc", "/health", "/ready", "/metrics"):
+        assert f"http://127.0.0.1:{port}{path}" in banner, path
+    assert "OFFLINE provider" in banner
+    assert "-------------- " not in text and "[config]" not in text
+
+
+def _steward(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "steward", *args],
+        env=_clean_env(DATA_DIR=str(data_dir), LOG_FORMAT="json", COLUMNS="200", **env),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _operator_commands_reach_the_running_engines(data_dir: Path, port: int) -> None:
+    """`steward user ...` and `steward doctor` with no URLs, while `steward run` holds the
+    folder: they use its engines (and the API sees the changes at once)."""
+    email = "root@example.com"
+    created = _steward(data_dir, "user", "create", "--email", email, "--admin",
+                       STEWARD_PASSWORD="correct-horse-42")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "using the embedded engines of the steward run" in created.stderr
+    listed = _steward(data_dir, "user", "list")
+    assert email in listed.stdout and "admin" in listed.stdout, listed.stdout + listed.stderr
+
+    def sign_in() -> int:
+        form = {"username": email, "password": "correct-horse-42"}
+        return httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/token", data=form).status_code
+
+    assert sign_in() == 200
+    assert _steward(data_dir, "user", "disable", email).returncode == 0
+    assert sign_in() == 401
+    assert _steward(data_dir, "user", "enable", email).returncode == 0
+    assert sign_in() == 200
+    demoted = _steward(data_dir, "user", "set-role", email, "user")
+    assert demoted.returncode == 0 and "is now user" in demoted.stderr, demoted.stderr
+    missing = _steward(data_dir, "user", "disable", "nobody@example.com")
+    assert missing.returncode == 1 and "no user has the email" in missing.stderr
+
+    doctor = _steward(data_dir, "doctor", PORT=str(port))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    for line in ("postgres", "pgvector", "migrations", "redis", "api"):
+        row = next(r for r in doctor.stdout.splitlines() if r.strip("│ ").startswith(line))
+        assert "ok" in row, row
+    assert "offline" in doctor.stdout  # the assistant's verdict names the offline provider
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _steward(tmp_path, "run", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "postgres").exists()  # no engine was started for nothing
+
+
+def test_operator_commands_start_the_engines_when_nothing_runs(tmp_path: Path) -> None:
+    created = _steward(tmp_path, "user", "create", "--email", "first@example.com",
+                       STEWARD_PASSWORD="correct-horse-42")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    listed = _steward(tmp_path, "user", "list")
+    assert "first@example.com" in listed.stdout
+    assert not (tmp_path / "engines.json").exists()  # stopped again, folder released
+    doctor = _steward(tmp_path, "doctor")
+    assert doctor.returncode == 1  # nothing runs: the engines check fails, and says why
+    assert "make run" in doctor.stdout
 
 
 def test_prod_refuses_default_secret_with_one_line() -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
@@ -228,13 +229,18 @@ class _Valkey:
 
 
 class EmbeddedEngines:
-    """Starts (or reuses) the engines for one data folder and stops them on `stop()`."""
+    """Starts (or reuses) the engines for one data folder and stops them on `stop()`.
+
+    While they run, `engines.json` in the folder holds their URLs, so that other commands
+    (`steward user`, `steward doctor`) reach the engines of a running `steward run` instead
+    of being refused its folder: see `running()`."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
         self._lock = _FolderLock(self.data_dir / "steward.lock")
         self._postgres = _Postgres(self.data_dir / "postgres")
         self._valkey = _Valkey(self.data_dir / "valkey")
+        self._urls_file = self.data_dir / URLS_FILE
 
     def start(self) -> EngineURLs:
         self._lock.acquire()
@@ -244,9 +250,13 @@ class EmbeddedEngines:
         except Exception:
             self.stop()
             raise
-        return EngineURLs(database_url=database_url, redis_url=redis_url)
+        urls = EngineURLs(database_url=database_url, redis_url=redis_url)
+        self._urls_file.write_text(json.dumps({**asdict(urls), "pid": os.getpid()}))
+        self._urls_file.chmod(0o600)
+        return urls
 
     def stop(self) -> None:
+        self._urls_file.unlink(missing_ok=True)
         try:
             self._valkey.stop()
         finally:
@@ -272,6 +282,31 @@ class EmbeddedEngines:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+URLS_FILE = "engines.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RunningEngines:
+    urls: EngineURLs
+    pid: int  # of the process that started them (`steward run`)
+
+
+def running(data_dir: Path) -> RunningEngines | None:
+    """The engines another process started in this folder and still holds, if any: the
+    folder's lock is taken and Valkey answers on the recorded port."""
+    folder = data_dir.resolve()
+    try:
+        recorded = json.loads((folder / URLS_FILE).read_text())
+        urls = EngineURLs(recorded["database_url"], recorded["redis_url"])
+        pid = int(recorded["pid"])
+        port = int(urls.redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    if not _alive(pid) or not _ping(port):
+        return None
+    return RunningEngines(urls=urls, pid=pid)
 
 
 def _ping(port: int) -> bool:

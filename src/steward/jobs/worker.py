@@ -5,8 +5,10 @@ settings. Tasks are `shared_task`s in their domain's `tasks.py`."""
 
 from __future__ import annotations
 
+import os
 from contextvars import Token
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -159,6 +161,22 @@ def _declare_dead_letters(sender: Any = None, **_: Any) -> None:
         return
     with celery.connection_for_write() as connection:
         DEAD_LETTERS.bind(connection.default_channel).declare()
+
+
+# Set by `steward run` for the worker it starts: a file to write once the worker consumes.
+READY_FILE_ENV = "STEWARD_READY_FILE"
+
+
+@worker_ready.connect
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    # One log line instead of Celery's banner (`steward run` starts workers with --quiet), and
+    # the file `steward run` waits for before it says everything is ready.
+    celery = getattr(sender, "app", None)
+    consumed = (celery.amqp.queues.consume_from or celery.amqp.queues) if celery else {}
+    queues = sorted(queue.name for queue in consumed.values())
+    structlog.get_logger(__name__).info("worker.ready", queues=queues)
+    if ready_file := os.environ.get(READY_FILE_ENV):
+        Path(ready_file).write_text(str(os.getpid()))
 
 
 @worker_init.connect

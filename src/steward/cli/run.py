@@ -1,8 +1,8 @@
-"""The `steward` command: run everything, or one part (api, worker, beat), migrate, manage users.
+"""`steward run` and the processes it supervises (`api`, `worker`, `beat`), and `migrate`.
 
-A little over 400 lines: most of it is `steward run`'s supervisor (start the embedded engines
-and the three processes, restart what dies with backoff, stop in order), which reads best
-next to the commands it starts."""
+Most of it is `steward run`'s supervisor (start the embedded engines and the three
+processes, restart what dies with backoff, stop in order), which reads best next to the
+commands it starts."""
 
 from __future__ import annotations
 
@@ -13,23 +13,24 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from steward.settings import ConfigError, Settings, get_settings
+from steward.cli.common import (
+    cli,
+    configure_logs,
+    console,
+    engines_for,
+    settings_or_exit,
+    settings_with_engines,
+)
+from steward.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from steward.engines import EmbeddedEngines
-
-cli = typer.Typer(
-    help="Steward: a production backend for mobile apps and AI agents.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-console = Console(stderr=True, soft_wrap=True)
 
 # How long children get after SIGTERM, beyond the API's own shutdown grace (SHUTDOWN_GRACE_S,
 # for open streams) and uvicorn's wait for in-flight requests, before they are killed.
@@ -39,37 +40,6 @@ STOP_MARGIN_S = 10.0
 RESTART_FIRST_S = 1.0
 RESTART_CAP_S = 30.0
 RESTART_RESET_S = 60.0
-
-
-def _settings_or_exit() -> Settings:
-    try:
-        settings = get_settings()
-        settings.check_production()
-    except ConfigError as exc:
-        console.print(f"[red]steward: refusing to start:[/red] {exc}")
-        raise typer.Exit(3) from None
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        console.print(f"[red]steward: invalid settings:[/red] {' '.join(first[:3])}")
-        raise typer.Exit(3) from None
-    return settings
-
-
-def _settings_with_engines() -> Settings:
-    """Settings for a command that connects to PostgreSQL and Redis itself."""
-    settings = _settings_or_exit()
-    try:
-        settings.require_engines()
-    except ConfigError as exc:
-        console.print(f"[red]steward: {exc}[/red]")
-        raise typer.Exit(3) from None
-    return settings
-
-
-def _configure_logs(settings: Settings) -> None:
-    from steward.platform.logging import configure_logging
-
-    configure_logging(level=settings.log_level, json=settings.json_logs)
 
 
 @dataclass
@@ -197,6 +167,53 @@ def _wait_healthy(url: str, child: _Child, supervisor: _Supervisor, timeout: flo
     return False
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why the API could not bind HOST:PORT, or None. Bound the way uvicorn binds (with
+    SO_REUSEADDR), so a port that only has connections in TIME_WAIT is not called taken."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return (f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what holds it "
+                    "or choose another port (PORT=8001 make run)")  # fmt: skip
+    return None
+
+
+def _wait_file(path: Path, child: _Child, supervisor: _Supervisor, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not supervisor.is_stopping():
+        if path.exists():
+            return True
+        if child.process is None or child.process.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def _banner(settings: Settings, base: str, *, worker: bool, worker_ready: bool) -> str:
+    lines = [
+        f"\n[bold green]Steward is ready[/bold green] at {base}",
+        f"  playground  {base}/playground",
+        f"  API docs    {base}/docs   (ReDoc {base}/redoc)",
+        f"  health      {base}/health   ready {base}/ready",
+        f"  metrics     {base}/metrics",
+    ]
+    if not worker:
+        lines.append("  [yellow]no worker: background runs, ingestion and emails wait[/yellow]")
+    elif not worker_ready:
+        lines.append("  [yellow]the worker is not ready yet; see its log above[/yellow]")
+    if not settings.assistant_providers:
+        lines.append("  [yellow]assistant: the OFFLINE provider (no ASSISTANT_PROVIDERS set): "
+                     "deterministic replies starting with [offline][/yellow]")  # fmt: skip
+    lines += ["  first admin: steward user create --email you@example.com --admin",
+              "Ctrl-C stops everything.\n"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def _tend_engines(engines: EmbeddedEngines, backoff: _Backoff) -> _Backoff:
     """Start again an embedded engine that died; the API, worker and beat ride it out (the
     API degrades meanwhile: fail-open limits and cache, 503s where PostgreSQL is needed)."""
@@ -221,10 +238,14 @@ def run(
     beat: Annotated[bool, typer.Option(help="Start the Celery beat scheduler")] = True,
 ) -> None:
     """Start everything: embedded engines (when no URLs are set), migrations, API, worker, beat."""
-    settings = _settings_or_exit()
-    _configure_logs(settings)
+    settings = settings_or_exit()
+    configure_logs(settings)
     host = host or settings.host
     port = port or settings.port
+    if problem := _port_taken(host, port):
+        # Before anything starts: not half a minute later, once the engines are up.
+        console.print(f"[red]steward: {problem}[/red]")
+        raise typer.Exit(1)
 
     supervisor = _Supervisor(stop_grace_s=settings.shutdown_grace_s + STOP_MARGIN_S)
     signal.signal(signal.SIGINT, supervisor.request_stop)
@@ -263,19 +284,25 @@ def run(
                 return
             console.print("[red]the API did not start; see its log above[/red]")
             raise typer.Exit(1)
+        from steward.jobs.worker import READY_FILE_ENV
+
+        ready_file = settings.data_dir.resolve() / "worker.ready"
+        ready_file.parent.mkdir(parents=True, exist_ok=True)
+        ready_file.unlink(missing_ok=True)
+        env[READY_FILE_ENV] = str(ready_file)
+        worker_child: _Child | None = None
         for name, wanted in (("worker", worker), ("beat", beat)):
             if wanted:
-                child = _Child(name, [python, "-m", "steward", name])
+                # --quiet: no Celery banner; each logs one line when ready instead.
+                child = _Child(name, [python, "-m", "steward", name, "--quiet"])
                 supervisor.children.append(child)
                 child.start(env)
-
-        console.print(
-            f"\n[bold green]Steward is running[/bold green] at {base}\n"
-            f"  docs     {base}/docs\n"
-            f"  health   {base}/health   ready {base}/ready\n"
-            f"  metrics  {base}/metrics\n"
-            "Ctrl-C stops everything.\n"
-        )
+                worker_child = child if name == "worker" else worker_child
+        worker_ready = worker_child is None or _wait_file(ready_file, worker_child, supervisor)
+        if supervisor.is_stopping():
+            return
+        console.print(_banner(settings, base, worker=worker_child is not None,
+                              worker_ready=worker_ready))  # fmt: skip
         backoffs: dict[str, _Backoff] = {}
         engine_backoff = _Backoff()
         while not supervisor.is_stopping():
@@ -301,8 +328,8 @@ def api(
     migrate: Annotated[bool, typer.Option(help="apply migrations before serving")] = False,
 ) -> None:
     """Serve the HTTP API with uvicorn (production: gunicorn -c deploy/gunicorn.conf.py)."""
-    settings = _settings_with_engines()
-    _configure_logs(settings)
+    settings = settings_with_engines()
+    configure_logs(settings)
     if migrate:
         from steward.platform import migrations
 
@@ -325,11 +352,14 @@ def api(
     )
 
 
-def _celery(args: list[str]) -> None:
-    _settings_with_engines()
+Quiet = Annotated[bool, typer.Option("--quiet", help="no Celery banner (one log line instead)")]
+
+
+def _celery(args: list[str], *, quiet: bool = False) -> None:
+    settings_with_engines()
     from steward.jobs import app as celery_app
 
-    celery_app.start(args)
+    celery_app.start(["--quiet", *args] if quiet else args)
 
 
 @cli.command()
@@ -337,6 +367,7 @@ def worker(
     concurrency: Annotated[
         int, typer.Option(envvar="WORKER_CONCURRENCY", help="worker processes")
     ] = 2,
+    quiet: Quiet = False,
 ) -> None:
     """Run a Celery worker on the work queues (never the dead-letter queue)."""
     settings = get_settings()
@@ -349,88 +380,26 @@ def worker(
     queues = ",".join(settings.worker_queues)
     _celery(
         ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "-n", "steward@%h",
-         "-Q", queues]
+         "-Q", queues], quiet=quiet
     )  # fmt: skip
 
 
 @cli.command()
-def beat() -> None:
+def beat(quiet: Quiet = False) -> None:
     """Run the Celery beat scheduler (RedBeat: only one is active at a time)."""
-    _celery(["beat", "--loglevel", "INFO"])
+    _celery(["beat", "--loglevel", "INFO"], quiet=quiet)
 
 
 @cli.command()
 def migrate(
     revision: Annotated[str, typer.Argument(help="target revision")] = "head",
 ) -> None:
-    """Apply database migrations (to `head` by default)."""
-    settings = _settings_with_engines()
-    _configure_logs(settings)
+    """Apply database migrations (to `head` by default), in every mode (see `engines_for`)."""
+    settings = settings_or_exit()
+    configure_logs(settings)
     from steward.platform import migrations
 
-    database_url, _ = settings.require_engines()
-    migrations.upgrade(database_url, revision)
+    with engines_for(settings, migrate=False) as ready:
+        database_url, _ = ready.require_engines()
+        migrations.upgrade(database_url, revision)
     console.print(f"database at {revision}")
-
-
-user_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
-cli.add_typer(user_cli, name="user")
-
-
-@user_cli.command("create")
-def create_user(
-    email: Annotated[str, typer.Option(help="the account's email")],
-    admin: Annotated[bool, typer.Option("--admin", help="give the account the admin role")] = False,
-    display_name: Annotated[str | None, typer.Option()] = None,
-    password: Annotated[
-        str | None,
-        typer.Option(envvar="STEWARD_PASSWORD", help="prompted for when not given"),
-    ] = None,
-) -> None:
-    """Create a user (use --admin for the first administrator)."""
-    import asyncio
-
-    from pydantic import ValidationError
-
-    from steward.accounts.schemas import UserCreate
-
-    settings = _settings_with_engines()
-    if password is None:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    try:
-        user_in = UserCreate(email=email, password=password, display_name=display_name)
-    except ValidationError as exc:
-        console.print(f"[red]{exc.errors()[0]['msg']}[/red]")
-        raise typer.Exit(2) from None
-    from steward.platform.errors import Conflict
-
-    try:
-        user_id = asyncio.run(_create_user(settings, user_in, admin=admin))
-    except Conflict as exc:
-        console.print(f"[red]{exc.detail}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"created {'admin' if admin else 'user'} {user_in.email} ({user_id})")
-
-
-async def _create_user(settings: Settings, user_in: object, *, admin: bool) -> str:
-    from steward.accounts import service
-    from steward.accounts.schemas import UserCreate
-    from steward.accounts.scopes import Role
-    from steward.platform.resources import Resources
-    from steward.platform.security import Passwords
-
-    assert isinstance(user_in, UserCreate)
-    resources = Resources.open(settings)
-    try:
-        async with resources.transaction() as session:
-            user = await service.create(
-                session, user_in=user_in, passwords=resources.get(Passwords),
-                role=Role.ADMIN if admin else Role.USER,
-            )  # fmt: skip
-            return str(user.id)
-    finally:
-        await resources.close()
-
-
-def main() -> None:
-    cli()
