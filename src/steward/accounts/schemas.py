@@ -47,7 +47,9 @@ DisplayName = Annotated[Text, Field(min_length=1, max_length=100)]
 class UserCreate(BaseModel):
     """Sign-up. Anything else in the body (role, is_active, id...) is ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"email": "ada@example.com", "password": "correct-horse-42",
+         "display_name": "Ada"}]})  # fmt: skip
 
     email: Email
     password: Password
@@ -182,7 +184,8 @@ assert set(ScopeName.__args__) == ALL_SCOPES  # type: ignore[attr-defined]
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "nightly sync", "scopes": ["todos:read", "todos:write"]}]})  # fmt: skip
 
     name: Annotated[Text, Field(min_length=1, max_length=100)]
     scopes: Annotated[list[ScopeName], Field(min_length=1, max_length=len(ALL_SCOPES))]

@@ -12,7 +12,8 @@ from steward.platform.inputs import Text
 
 
 class ConversationCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"title": "Planning the week"}]})  # fmt: skip
 
     title: Text = Field(default="", max_length=200)
 
@@ -33,7 +34,8 @@ class ConversationRead(BaseModel):
 
 
 class MessageCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"content": "add todo: call Ada about the launch", "background": False}]})  # fmt: skip
 
     content: Text = Field(min_length=1, max_length=32_000)
     provider: Text | None = Field(

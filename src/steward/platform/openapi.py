@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from steward.platform.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, slug_for
+from steward.platform.openapi_examples import document_examples
 
 # `openapi_extra={ERROR_SHAPE: "openai"}` on a route: its errors are OpenAI's `{"error": ...}`.
 ERROR_SHAPE = "x-error-shape"
@@ -193,7 +194,7 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_errors(build())
+            app.openapi_schema = document_examples(document_errors(build()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

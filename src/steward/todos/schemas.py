@@ -29,7 +29,9 @@ Tags = Annotated[list[Tag], Field(max_length=20), AfterValidator(_clean_tags)]
 
 
 class TodoCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"title": "Buy milk", "description": "oat, 2 litres", "due_at": "2026-12-05T18:00:00Z",
+         "priority": 2, "tags": ["errands"], "remind_at": "2026-12-05T17:30:00Z"}]})  # fmt: skip
 
     title: Title
     description: Description = ""
