@@ -64,6 +64,8 @@ async def test_pages_get_a_same_origin_policy_not_the_api_one(
     policy = response.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "connect-src 'self'" in policy
     assert "http" not in policy  # no CDN, no third party
+    if path == "/playground":  # it holds tokens: no inline script may run
+        assert "unsafe-inline" not in policy
     assert response.headers["x-content-type-options"] == "nosniff"
     # Every script and stylesheet the page names is served here.
     for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', response.text):

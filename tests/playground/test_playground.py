@@ -51,6 +51,14 @@ async def test_todos_change_live_from_the_page_and_from_elsewhere(
                                   headers=headers)  # fmt: skip
         assert created.status_code == 201
     await expect(page.locator("#todo-list li", has_text="Made elsewhere")).to_be_visible()
+    # A title that is markup stays text: nothing runs, no element is made from it.
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    markup = '<img src=x onerror="alert(1)">'
+    async with httpx.AsyncClient(base_url=server) as http:
+        await http.post("/api/v1/todos", json={"title": markup}, headers=headers)
+    await expect(page.locator("#todo-list li label", has_text=markup)).to_be_visible()
+    assert await page.locator("#todo-list img").count() == 0 and dialogs == []
     await todo.get_by_role("checkbox").check()
     await expect(todo).to_have_class("done")
     await shot(page, "2-todos")
@@ -58,7 +66,8 @@ async def test_todos_change_live_from_the_page_and_from_elsewhere(
     await expect(page.locator("#todo-list li", has_text="Made elsewhere")).to_have_count(0)
     async with httpx.AsyncClient(base_url=server) as http:
         listed = (await http.get("/api/v1/todos", headers=headers)).json()
-    assert [(t["title"], t["done"]) for t in listed["items"]] == [("Water the plants", True)]
+    assert sorted((t["title"], t["done"]) for t in listed["items"]) == [
+        (markup, False), ("Water the plants", True)]  # fmt: skip
 
 
 async def test_a_streamed_answer_resumes_after_a_reload_without_losing_or_repeating(

@@ -118,11 +118,11 @@ async def _redis(settings: Settings) -> Finding:
 
 
 async def _broker(settings: Settings) -> Finding:
-    from steward.platform.health import _check_broker
+    from steward.platform.health import check_broker
 
     url = settings.broker_url
     assert url is not None
-    await _check_broker(url, CHECK_TIMEOUT_S)
+    await check_broker(url, CHECK_TIMEOUT_S)
     scheme = url.split("://", 1)[0]
     return Finding("broker", "ok", f"{scheme} broker answers")
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
@@ -40,6 +39,8 @@ STOP_MARGIN_S = 10.0
 RESTART_FIRST_S = 1.0
 RESTART_CAP_S = 30.0
 RESTART_RESET_S = 60.0
+# The banner waits this long for the worker to be ready, then says it is not.
+WORKER_READY_WAIT_S = 120.0
 
 
 @dataclass
@@ -183,17 +184,6 @@ def _port_taken(host: str, port: int) -> str | None:
     return None
 
 
-def _wait_file(path: Path, child: _Child, supervisor: _Supervisor, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not supervisor.is_stopping():
-        if path.exists():
-            return True
-        if child.process is None or child.process.poll() is not None:
-            return False
-        time.sleep(0.1)
-    return False
-
-
 def _banner(settings: Settings, base: str, *, worker: bool, worker_ready: bool) -> str:
     lines = [
         f"\n[bold green]Steward is ready[/bold green] at {base}",
@@ -298,14 +288,19 @@ def run(
                 supervisor.children.append(child)
                 child.start(env)
                 worker_child = child if name == "worker" else worker_child
-        worker_ready = worker_child is None or _wait_file(ready_file, worker_child, supervisor)
-        if supervisor.is_stopping():
-            return
-        console.print(_banner(settings, base, worker=worker_child is not None,
-                              worker_ready=worker_ready))  # fmt: skip
+        # The banner waits for the worker, inside the supervising loop: an engine or a child
+        # that dies meanwhile is tended as at any other time.
+        banner_due = time.monotonic() + WORKER_READY_WAIT_S
+        announced = False
         backoffs: dict[str, _Backoff] = {}
         engine_backoff = _Backoff()
         while not supervisor.is_stopping():
+            if not announced:
+                worker_ready = worker_child is None or ready_file.exists()
+                if worker_ready or time.monotonic() > banner_due:
+                    console.print(_banner(settings, base, worker=worker_child is not None,
+                                          worker_ready=worker_ready))  # fmt: skip
+                    announced = True
             supervisor.tend(env, backoffs)
             if engines is not None and engine_backoff.ready():
                 engine_backoff = _tend_engines(engines, engine_backoff)

@@ -42,7 +42,8 @@ async def health() -> Response:
     return Response(_HEALTHY, media_type="application/json")
 
 
-async def _check_broker(url: str, limit_s: float) -> None:
+async def check_broker(url: str, limit_s: float) -> None:
+    """Raise unless the Celery broker at `url` (Redis or AMQP) answers within `limit_s`."""
     if url.startswith(("redis://", "rediss://", "unix://", "valkey://")):
         client = Redis.from_url(url, socket_timeout=limit_s, socket_connect_timeout=limit_s)
         try:
@@ -82,7 +83,7 @@ async def ready(request: Request) -> ReadyRead | Response:
     }
     broker = settings.broker_url
     if broker and broker != settings.redis_url:
-        checks["broker"] = lambda: _check_broker(broker, timeout)
+        checks["broker"] = lambda: check_broker(broker, timeout)
 
     async def run(name: str, check: Callable[[], Awaitable[Any]]) -> tuple[str, str | None]:
         try:

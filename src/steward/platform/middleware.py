@@ -161,15 +161,22 @@ _SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
-# The pages (docs, playground; platform/pages.py) run scripts and call the API, so they get
-# their own policy: everything from this origin only (Swagger UI's page has an inline
-# script, ReDoc starts a worker from a blob), nothing from anywhere else.
-_PAGE_PATHS = ("/docs", "/redoc", "/playground")
-_PAGE_CSP = (
+# The pages (platform/pages.py) run scripts and call the API, so they get policies of their
+# own: everything from this origin only, nothing from anywhere else. Swagger UI's page has an
+# inline script and ReDoc starts a worker from a blob; the playground, which holds tokens,
+# allows no inline script or style at all.
+_DOCS_PATHS = ("/docs", "/redoc")
+_DOCS_CSP = (
     b"content-security-policy",
     b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     b"img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
     b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+)
+_PLAYGROUND_CSP = (
+    b"content-security-policy",
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
+    b"form-action 'self'",
 )
 
 
@@ -184,14 +191,21 @@ class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
         common = [*_SECURITY_HEADERS, *([_HSTS] if hsts else [])]
-        self._page_headers = (*common, _PAGE_CSP)
+        self._docs_headers = (*common, _DOCS_CSP)
+        self._playground_headers = (*common, _PLAYGROUND_CSP)
         self._api_headers = (*common, _API_CSP)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self._page_headers if scope["path"].startswith(_PAGE_PATHS) else self._api_headers
+        path = scope["path"]
+        if path.startswith(_DOCS_PATHS):
+            extra = self._docs_headers
+        elif path.startswith("/playground"):
+            extra = self._playground_headers
+        else:
+            extra = self._api_headers
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
