@@ -108,3 +108,21 @@ async def test_hsts_in_production(engines: EngineSet, clean_state: None) -> None
     ):
         response = await http.get("/health")
         assert response.headers["strict-transport-security"].startswith("max-age=")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/playground/static/../../settings.py",
+        "/playground/static/%2e%2e/%2e%2e/settings.py",
+        "/docs/static/..%2fcore.py",
+        "/playground/static/%00.js",
+        "/playground/static/" + "a" * 5000,
+    ],
+)
+async def test_page_assets_serve_nothing_outside_their_folders(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 404, response.text[:200]
+    assert "import" not in response.text

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from steward.accounts.models import User
     from steward.platform.resources import Resources
+    from steward.settings import Settings
 
 T = TypeVar("T")
 
@@ -35,8 +36,8 @@ def _run(work: Callable[[Resources], Awaitable[T]]) -> T:
     """Open the app's resources on the engines for this mode, run `work`, close them."""
     from steward.platform.resources import Resources
 
-    async def main(settings: object) -> T:
-        resources = Resources.open(settings)  # type: ignore[arg-type]
+    async def main(settings: Settings) -> T:
+        resources = Resources.open(settings)
         try:
             return await work(resources)
         finally:
