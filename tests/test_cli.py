@@ -99,7 +99,7 @@ def test_run_serves_runs_jobs_and_stops_cleanly(tmp_path: Path) -> None:
     assert text.index('"worker.ready"') < text.index("Steward is ready")
     for path in ("/playground", "/docs", "/redoc", "/health", "/ready", "/metrics"):
         assert f"http://127.0.0.1:{port}{path}" in banner, path
-    assert "OFFLINE provider" in banner
+    assert "OFFLINE provider" in banner and "starting with [offline]" in banner
     assert "-------------- " not in text and "[config]" not in text
 
 

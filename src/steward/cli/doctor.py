@@ -27,6 +27,11 @@ _MARK = {
     "fail": "[red]✗ fail[/red]",
 }
 CHECK_TIMEOUT_S = 5.0
+_OFFLINE = {
+    "assistant": "offline (ASSISTANT_PROVIDERS unset): deterministic replies, no network",
+    "embedder": "offline (EMBEDDING_PROVIDERS unset): WordLlama in-process, fine to try, "
+    "weaker than a hosted model",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +202,7 @@ async def examine(settings: Settings) -> list[Finding]:
         for name, config in configured.items():
             probes.append((f"{kind} {name}", functools.partial(_provider, kind, name, config)))
         if not configured:
-            findings.append(Finding(kind, "warn", "offline (none configured): deterministic "
-                                                  "answers, no network"))  # fmt: skip
+            findings.append(Finding(kind, "warn", _OFFLINE[kind]))
     probes.append(("api", lambda: _api(settings)))
     for found in await asyncio.gather(*(_guard(name, probe) for name, probe in probes)):
         findings += found

@@ -198,7 +198,7 @@ def _banner(settings: Settings, base: str, *, worker: bool, worker_ready: bool) 
         lines.append("  [yellow]the worker is not ready yet; see its log above[/yellow]")
     if not settings.assistant_providers:
         lines.append("  [yellow]assistant: the OFFLINE provider (no ASSISTANT_PROVIDERS set): "
-                     "deterministic replies starting with [offline][/yellow]")  # fmt: skip
+                     "deterministic replies starting with \\[offline][/yellow]")  # fmt: skip
     lines += ["  first admin: steward user create --email you@example.com --admin",
               "Ctrl-C stops everything.\n"]  # fmt: skip
     return "\n".join(lines)
