@@ -163,7 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--only", choices=["http", "streams", "errors", "knowledge", "reload"],
+    parser.add_argument("--only", choices=["http", "streams", "errors", "knowledge", "reload",
+                                            "growth"],
                         help="run one part only")  # fmt: skip
     parser.add_argument("--knowledge-chunks", type=int, default=100_000,
                         help="chunks in the search latency part")  # fmt: skip
@@ -173,8 +174,10 @@ def main() -> None:
                         help="seconds between the fake provider's tokens")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=100, help="tokens per fake reply")
     parser.add_argument("--reloads", type=int, default=3, help="gunicorn reloads per configuration")
+    parser.add_argument("--growth-users", type=int, default=10_000,
+                        help="users added in the growth part (100 todos each)")  # fmt: skip
     args = parser.parse_args()
-    if args.only in (None, "http") and shutil.which("wrk") is None:
+    if args.only in (None, "http", "growth") and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it)")
 
     from tests.engines import provide_engines
@@ -208,6 +211,22 @@ def main() -> None:
             knowledge_benchmarks(args, engines)
         if args.only in (None, "reload"):
             reload_benchmarks(args, engines)
+        if args.only in (None, "growth"):
+            growth_benchmarks(args, engines, steward_env)
+
+
+def growth_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
+    from bench import growth
+
+    results = growth.run(engines, steward_env, rounds=args.rounds, duration=args.duration,
+                         users=args.growth_users, per_user=100)  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "growth.json").write_text(json.dumps(results, indent=2))
+    update_results("Growth", [
+        f"Written by `python -m bench.run --only growth --growth-users {args.growth_users}` "
+        f"(part of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; engines: "
+        f"{engines.kind}.", "", *growth.markdown(results),
+    ])  # fmt: skip
 
 
 def reload_benchmarks(args: argparse.Namespace, engines: Any) -> None:
@@ -442,7 +461,7 @@ def write_results(
     update_results("HTTP", lines)
 
 
-SECTIONS = ("HTTP", "Streams", "Errors", "Knowledge", "Reloads and restarts", "Analysis")
+SECTIONS = ("HTTP", "Streams", "Errors", "Knowledge", "Growth", "Reloads and restarts", "Analysis")
 
 
 def update_results(title: str, lines: list[str]) -> None:
