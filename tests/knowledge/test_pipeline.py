@@ -215,3 +215,42 @@ async def test_a_worker_killed_mid_ingest_still_finishes_the_document_once(
     assert chunks == document["chunk_count"] == vectors
     assert chunks >= 8
     assert fake.embedding_inputs > chunks  # the killed batches were embedded again
+
+
+async def test_two_first_batches_of_a_new_dimension_do_not_deadlock(
+    vector_settings: Any, vector_state: None
+) -> None:
+    """A new model's first two batches, each writing its vectors (ROW EXCLUSIVE) in a
+    transaction that also makes the dimension's index (SHARE): one makes it, the other
+    waits for it and writes after; PostgreSQL used to find a deadlock and fail one."""
+    from sqlalchemy import text
+
+    from steward.knowledge import ingestion
+    from steward.platform.resources import Resources
+
+    dimensions = 24
+    resources = Resources.open(vector_settings)
+    both_inside = asyncio.Barrier(2)
+
+    async def first_batch() -> None:
+        async with resources.transaction() as session:
+            await both_inside.wait()
+            await ingestion._ensure_index(session, dimensions)
+            # What the batch's INSERT takes on the table, held while the other arrives.
+            await session.execute(text("LOCK TABLE knowledge_embeddings IN ROW EXCLUSIVE MODE"))
+            await asyncio.sleep(0.3)
+
+    try:
+        async with asyncio.timeout(20):
+            await asyncio.gather(first_batch(), first_batch())
+        async with resources.transaction() as session:
+            made = await session.execute(text(
+                f"SELECT to_regclass('ix_knowledge_embeddings_{dimensions}')"))  # fmt: skip
+            assert made.scalar() is not None
+    finally:
+        ingestion._INDEXED.discard(dimensions)
+        async with resources.transaction() as session:
+            await session.execute(
+                text(f"DROP INDEX IF EXISTS ix_knowledge_embeddings_{dimensions}")
+            )
+        await resources.close()

@@ -157,6 +157,10 @@ async def embed_batch(
         [f"{row.heading}\n{row.text}" if row.heading else row.text for row in rows]
     )
     async with resources.transaction() as session:
+        # Before the INSERT: creating the index takes a SHARE lock on the table, which two
+        # transactions that had both written rows (ROW EXCLUSIVE) would wait for from each
+        # other: a deadlock, seen when a new model's first two batches landed together.
+        await _ensure_index(session, len(vectors[0]))
         await session.execute(
             text(
                 # Joined with the chunks: a document deleted meanwhile takes its chunks
@@ -171,7 +175,6 @@ async def embed_batch(
             {"ids": [str(row.id) for row in rows], "space": space, "dims": len(vectors[0]),
              "vectors": [vector_literal(v) for v in vectors]},
         )  # fmt: skip
-        await _ensure_index(session, len(vectors[0]))
         progress = (
             await session.execute(
                 text(
@@ -194,6 +197,8 @@ async def embed_batch(
 
 # Dimensions whose index this process has seen exist: one lookup per process, not per batch.
 _INDEXED: set[int] = set()
+# The advisory lock's first key: "the index of a vector dimension" (the second is the dimension).
+_INDEX_LOCK = 0x53_74_77_49  # "StwI"
 
 
 async def _ensure_index(session: AsyncSession, dimensions: int) -> None:
@@ -202,15 +207,20 @@ async def _ensure_index(session: AsyncSession, dimensions: int) -> None:
     if dimensions in _INDEXED:
         return
     name = f"ix_knowledge_embeddings_{int(dimensions)}"
-    exists = await session.execute(text("SELECT to_regclass(:name)"), {"name": name})
-    if exists.scalar() is None:
-        await session.execute(
-            text(
-                f"CREATE INDEX IF NOT EXISTS {name} ON knowledge_embeddings USING hnsw "
-                f"((embedding::vector({int(dimensions)})) vector_cosine_ops) "
-                f"WHERE dimensions = {int(dimensions)}"
+    exists = text("SELECT to_regclass(:name)")
+    if (await session.execute(exists, {"name": name})).scalar() is None:
+        # One creator per dimension: the others wait here, holding no lock on the table,
+        # and find the index made once the creator commits.
+        await session.execute(text("SELECT pg_advisory_xact_lock(:space, :dims)"),
+                              {"space": _INDEX_LOCK, "dims": int(dimensions)})  # fmt: skip
+        if (await session.execute(exists, {"name": name})).scalar() is None:
+            await session.execute(
+                text(
+                    f"CREATE INDEX IF NOT EXISTS {name} ON knowledge_embeddings USING hnsw "
+                    f"((embedding::vector({int(dimensions)})) vector_cosine_ops) "
+                    f"WHERE dimensions = {int(dimensions)}"
+                )
             )
-        )
 
     async def remember() -> None:
         _INDEXED.add(dimensions)
