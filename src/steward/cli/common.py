@@ -70,7 +70,7 @@ def engines_for(settings: Settings, *, migrate: bool = True) -> Iterator[Setting
             f"[dim]using the embedded engines of the steward run in {settings.data_dir} "
             f"(pid {found.pid})[/dim]"
         )
-        yield _with_urls(settings, found.urls.database_url, found.urls.redis_url)
+        yield with_urls(settings, found.urls.database_url, found.urls.redis_url)
         return
     engines = EmbeddedEngines(settings.data_dir)
     try:
@@ -84,11 +84,12 @@ def engines_for(settings: Settings, *, migrate: bool = True) -> Iterator[Setting
         console.print(f"[red]steward: {exc}[/red]")
         raise typer.Exit(2) from None
     try:
-        yield _with_urls(settings, urls.database_url, urls.redis_url)
+        yield with_urls(settings, urls.database_url, urls.redis_url)
     finally:
         engines.stop()
 
 
-def _with_urls(settings: Settings, database_url: str, redis_url: str) -> Settings:
+def with_urls(settings: Settings, database_url: str, redis_url: str) -> Settings:
+    """`settings` with these engine URLs wherever it has none of its own."""
     return settings.model_copy(update={"database_url": settings.database_url or database_url,
                                        "redis_url": settings.redis_url or redis_url})  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Literal
 import typer
 from rich.table import Table
 
-from steward.cli.common import cli, console, out, settings_or_exit
+from steward.cli.common import cli, console, out, settings_or_exit, with_urls
 from steward.settings import DEFAULT_SECRET_KEY, ConfigError, ProviderConfig, Settings
 
 Verdict = Literal["ok", "warn", "fail"]
@@ -64,10 +64,7 @@ def _locate_engines(settings: Settings) -> tuple[Finding, Settings | None]:
                        f"embedded engines are not running in {settings.data_dir.resolve()} and no "
                        "URLs are set: start `make run` (or `steward run`), or set DATABASE_URL "
                        "and REDIS_URL"), None  # fmt: skip
-    ready = settings.model_copy(update={
-        "database_url": settings.database_url or found.urls.database_url,
-        "redis_url": settings.redis_url or found.urls.redis_url,
-    })  # fmt: skip
+    ready = with_urls(settings, found.urls.database_url, found.urls.redis_url)
     return Finding("engines", "ok", f"embedded, held by steward run pid {found.pid} in "
                                     f"{settings.data_dir.resolve()}"), ready  # fmt: skip
 
