@@ -107,6 +107,17 @@ async def test_stall_before_the_first_token_times_out_and_is_retried(
     assert len(fake.requests) == 2
 
 
+def _failed_after(events: list[tuple[str, Any]], text: str) -> dict[str, Any]:
+    """The stream's error, after it sent exactly `text` (in as many token events as the
+    provider's pieces arrived in: pieces read together are merged)."""
+    names = [name for name, _ in events]
+    assert names[0] == "run" and names[-3:] == ["error", "usage", "done"], names
+    assert set(names[1:-3]) == {"token"}, names
+    assert "".join(data["delta"] for name, data in events if name == "token") == text
+    error: dict[str, Any] = events[-3][1]
+    return error
+
+
 async def test_stall_mid_stream_is_an_error_not_a_retry(
     client: httpx.AsyncClient, fake: ServedFake, engines: EngineSet
 ) -> None:
@@ -114,9 +125,7 @@ async def test_stall_mid_stream_is_an_error_not_a_retry(
     conversation = await new_conversation(client, alice)
     fake.script(Script(text="one two three four", stall_after=2))
     events = await _stream(client, alice, conversation)
-    names = [name for name, _ in events]
-    assert names == ["run", "token", "token", "error", "usage", "done"]
-    assert events[3][1]["type"].endswith("/stream-stalled")
+    assert _failed_after(events, "one two")["type"].endswith("/stream-stalled")
     assert len(fake.requests) == 1
     assert await _statuses(engines) == ["failed"]
 
@@ -128,7 +137,7 @@ async def test_cut_connection_mid_stream_fails_the_run(
     conversation = await new_conversation(client, alice)
     fake.script(Script(text="one two three four", cut_after=2))
     events = await _stream(client, alice, conversation)
-    assert [name for name, _ in events] == ["run", "token", "token", "error", "usage", "done"]
+    _failed_after(events, "one two")
     assert events[-1][1]["status"] == "failed"
     assert len(fake.requests) == 1
     assert await _statuses(engines) == ["failed"]
