@@ -50,6 +50,8 @@ def test_cr_line_ends_multi_line_data_comments_and_other_fields() -> None:
     (first, second), reader = _feed(body, b"data: [DONE]\r\r")
     # Two data lines join with a newline, which JSON reads as whitespace between tokens.
     assert (first, second) == ([], [TextDelta("x")])
+    assert not reader.done  # its own last CR is held the same way
+    assert reader.feed(b"\n") == []  # the CRLF completed: [DONE]
     assert reader.done
 
 
