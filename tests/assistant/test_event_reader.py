@@ -35,7 +35,7 @@ def test_text_of_one_read_is_merged_and_reads_stay_apart() -> None:
 
 
 def test_an_event_split_anywhere_between_reads_is_read_once() -> None:
-    body = (_data({"content": "a"}) + b"\r\n\r\n" + _data({"content": "b"}) + b"\r\n\r\n")
+    body = _data({"content": "a"}) + b"\r\n\r\n" + _data({"content": "b"}) + b"\r\n\r\n"
     for cut in range(1, len(body)):
         reads, _ = _feed(body[:cut], body[cut:])
         texts = [chunk.text for read in reads for chunk in read if isinstance(chunk, TextDelta)]
@@ -66,8 +66,9 @@ def test_tool_calls_usage_and_finish_keep_their_order() -> None:
     call = {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{"}}]}
     usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2,
                                       "total_tokens": 5}}  # fmt: skip
-    body = b"\n\n".join([_data({"content": "a"}), _data(call), _data({"content": "b"}),
-                         _data({}, "tool_calls"), b"data: " + orjson.dumps(usage), b""])  # fmt: skip
+    events = [_data({"content": "a"}), _data(call), _data({"content": "b"}),
+              _data({}, "tool_calls"), b"data: " + orjson.dumps(usage), b""]  # fmt: skip
+    body = b"\n\n".join(events)
     (chunks,), _ = _feed(body)
     assert chunks == [TextDelta("a"), ToolCallDelta(index=0, id="c1", name="f", arguments="{"),
                       TextDelta("b"), Finish("tool_calls"), Usage(3, 2, 5)]  # fmt: skip
