@@ -177,8 +177,8 @@ def start_stack(env: dict[str, str], *, token_delay_s: float, tokens: int, free_
                           "first_token_timeout_s": 60, "idle_timeout_s": 60,
                           "total_timeout_s": 300}}  # fmt: skip
     api_env = {**env, "ASSISTANT_PROVIDERS": json.dumps(providers),
-               "RATE_LIMIT_ASSISTANT": "1000000000/minute", "DB_POOL_SIZE": "30",
-               "DB_MAX_OVERFLOW": "20", "REALTIME_QUEUE_SIZE": "1000"}  # fmt: skip
+               "RATE_LIMIT_ASSISTANT": "1000000000/minute", "DB_POOL_SIZE": os.environ.get("BENCH_POOL", "30"),
+               "DB_MAX_OVERFLOW": os.environ.get("BENCH_OVERFLOW", "20"), "REALTIME_QUEUE_SIZE": "1000"}  # fmt: skip
     (out / "steward-streams.log").write_bytes(b"")
     stack = Stack(provider_port=provider_port, port=port, process=_api(port, api_env, out),
                   fake=fake, api_env=api_env, out=out)  # fmt: skip
@@ -349,7 +349,7 @@ async def assistant_streams(
         "slowest": sorted(((round((t - own.get(k, 0)) * 1000, 1),
                             round(accepted.get(k, 0) * 1000, 1), round(own.get(k, 0) * 1000, 1),
                             k) for k, t in ttft.items()), reverse=True)[:8],
-        "offered_per_s": n * tokens / (2 * spread_s),
+        "offered_per_s": n * tokens / (2 * spread_s) if spread_s else float("nan"),
         "lag_p99_ms": lag_p99 * 1000,
     }  # fmt: skip
 

@@ -326,13 +326,12 @@ class Execution:
             return status  # its request failed to store it: nothing to record
         won = False
         try:
+            answer = self.final_text if status is RunStatus.SUCCEEDED else None
             async with self.resources.transaction() as session:
-                if status is RunStatus.SUCCEEDED and self.final_text is not None:
-                    await repository.add_message(session, plan=self.plan, role="assistant",
-                                              content=self.final_text)  # fmt: skip
                 won = await repository.finish_run(
                     session, run_id=self.plan.run_id, status=status, usage=self.usage,
                     first_token_at=self.first_token_at, error=error, citations=self.citations,
+                    answer=answer,
                 )  # fmt: skip
                 if not won:
                     run = await session.get(Run, self.plan.run_id)

@@ -13,7 +13,21 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, Update, bindparam, func, select, true, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    String,
+    Table,
+    Text,
+    Update,
+    Uuid,
+    bindparam,
+    func,
+    literal,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,7 +99,7 @@ def _with_history() -> Select[Any]:
     recent = _recent(Conversation.id).lateral("recent")
     return (
         select(
-            Conversation,
+            Conversation.id,
             recent.c.role,
             recent.c.content,
             recent.c.tool_calls,
@@ -106,9 +120,10 @@ _WITH_HISTORY = _with_history()
 
 async def conversation_with_history(
     session: AsyncSession, *, owner_id: uuid.UUID, conversation_id: uuid.UUID
-) -> tuple[Conversation, list[dict[str, Any]]]:
-    """The caller's conversation (404 for anyone else's) and its history, in one round trip:
-    both are read before every provider call."""
+) -> tuple[uuid.UUID, list[dict[str, Any]]]:
+    """The caller's conversation's id (404 for anyone else's) and its history, in one round
+    trip: both are read before every provider call (columns, not an ORM object: this runs
+    for every message sent)."""
     params = {"conversation_id": conversation_id, "owner_id": owner_id}
     rows = list((await session.execute(_WITH_HISTORY, params)).all())
     if not rows:
@@ -267,7 +282,7 @@ async def add_message(
 
 
 # `in_()` with a list makes an expanding parameter anew: built once too.
-_FINISH_RUN = (
+_FINISHED = (
     update(Run)
     .where(
         Run.id == bindparam("run_id"),
@@ -284,8 +299,26 @@ _FINISH_RUN = (
         error=bindparam("new_error", type_=JSONB(none_as_null=True)),
         citations=bindparam("new_citations", type_=JSONB()),
     )
-    .returning(Run.id)
+    .returning(Run.id, Run.conversation_id)
 )
+
+def _finish_with_answer() -> Insert:
+    finished = _FINISHED.cte("finished")
+    messages = cast(Table, Message.__table__)
+    answer = select(
+        bindparam("answer_id", type_=Uuid()), finished.c.conversation_id, finished.c.id,
+        literal("assistant", type_=String()), bindparam("answer", type_=Text()),
+    )  # fmt: skip
+    return (
+        insert(messages)
+        .from_select(["id", "conversation_id", "run_id", "role", "content"], answer)
+        .returning(messages.c.run_id)
+    )
+
+
+# The run's end and its answer in one statement: the answer is stored only if this is
+# what ended the run (a cancel that got there first keeps the run as it left it).
+_FINISH_WITH_ANSWER = _finish_with_answer()
 
 
 async def finish_run(
@@ -297,16 +330,23 @@ async def finish_run(
     first_token_at: datetime | None = None,
     error: dict[str, Any] | None = None,
     citations: list[dict[str, Any]] | None = None,
+    answer: str | None = None,
 ) -> bool:
-    """Record how a run ended; False if it had already ended (a cancel won the race)."""
-    result = await session.execute(_FINISH_RUN, {
+    """Record how a run ended, with its `answer` (the last assistant message) if it has one;
+    False if it had already ended (a cancel won the race)."""
+    params: dict[str, Any] = {
         "run_id": run_id, "new_status": status.value,
         "new_prompt_tokens": usage.prompt_tokens,
         "new_completion_tokens": usage.completion_tokens,
         "new_total_tokens": usage.total_tokens, "new_first_token_at": first_token_at,
         "new_finished_at": _now(), "new_error": error, "new_citations": citations or [],
-    })  # fmt: skip
-    return result.scalar_one_or_none() is not None
+    }  # fmt: skip
+    if answer is None:
+        result = await session.execute(_FINISHED, params)
+    else:
+        params |= {"answer_id": new_id(), "answer": answer}
+        result = await session.execute(_FINISH_WITH_ANSWER, params)
+    return result.first() is not None
 
 
 async def get_run(session: AsyncSession, *, owner_id: uuid.UUID, run_id: uuid.UUID) -> Run:

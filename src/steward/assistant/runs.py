@@ -97,10 +97,10 @@ async def start(
     committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     try:
         async with resources.transaction() as session:
-            conversation, recent = await repository.conversation_with_history(
+            found, recent = await repository.conversation_with_history(
                 session, owner_id=sender.user_id, conversation_id=conversation_id
             )
-            plan, prompt = await _plan(resources, session, sender, conversation.id, message)
+            plan, prompt = await _plan(resources, session, sender, found, message)
             preloaded = Preloaded(prompt, [*recent, {"role": "user", "content": message.content}])
             live = active.start(resources, plan, preloaded, committed)
             # Let the run's task get its provider request going before the rows' write and
