@@ -355,3 +355,46 @@ async def test_a_run_whose_request_fails_to_commit_stops_and_leaves_nothing(
         assert await session.scalar(count) == 0
         # Nor was any usage recorded for it.
         assert await session.scalar(select(func.count()).select_from(UsageDay)) == 0
+
+
+async def test_an_answer_is_stored_only_by_what_ended_the_run(
+    client: httpx.AsyncClient, app: Any, fake: ServedFake
+) -> None:
+    """The run's end and its answer are one statement: once a cancel has ended the run, a
+    late success records neither its status nor its answer."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from steward.assistant import repository
+    from steward.assistant.models import Message, Run, RunStatus
+    from steward.assistant.providers import Usage
+
+    alice = await make_account(client)
+    conversation = await new_conversation(client, alice)
+    run_id = uuid.UUID((await ask(client, alice, conversation, "hi")).json()["run"]["id"])
+    resources = app.state.resources
+    async with resources.transaction() as session:
+        run = await session.get(Run, run_id)
+        assert run is not None
+        run.status = RunStatus.RUNNING.value  # as if still running: the answer may land
+    finish = {"run_id": run_id, "usage": Usage(1, 2, 3)}
+    async with resources.transaction() as session:
+        assert await repository.finish_run(session, status=RunStatus.CANCELLED, **finish)
+    async with resources.transaction() as session:
+        late = await repository.finish_run(session, status=RunStatus.SUCCEEDED,
+                                           answer="too late", **finish)  # fmt: skip
+        assert not late
+    async with resources.transaction() as session:
+        run = await session.get(Run, run_id)
+        assert run is not None and run.status == "cancelled"
+        answers = select(Message.content).where(Message.run_id == run_id,
+                                                Message.role == "assistant")  # fmt: skip
+        assert "too late" not in list((await session.execute(answers)).scalars())
+        run.status = RunStatus.RUNNING.value
+    async with resources.transaction() as session:
+        assert await repository.finish_run(session, status=RunStatus.SUCCEEDED,
+                                           answer="in time", **finish)  # fmt: skip
+    async with resources.transaction() as session:
+        stored = list((await session.execute(answers)).scalars())
+        assert stored.count("in time") == 1 and "too late" not in stored
