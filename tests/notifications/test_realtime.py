@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from steward.notifications.hub import Hub
+from steward.notifications.hub import Hub, Published
 from tests.conftest import make_settings
 from tests.engines import EngineSet
 from tests.factories import make_account
@@ -77,6 +77,31 @@ async def test_todo_on_one_instance_reaches_a_socket_on_another(engines: EngineS
             assert time.monotonic() - started < 1.0
             assert event["todo"]["id"] == created.json()["id"]
             assert event["todo"]["title"] == "live"  # bob's todo never arrived first
+
+
+async def test_a_socket_that_leaves_while_nothing_happens_is_released_at_once(
+    engines: EngineSet,
+) -> None:
+    """Its server side waits for the next event (a heartbeat away); the client's going must
+    end that wait, not the next event or heartbeat."""
+    async with live_server(make_settings(engines, realtime_heartbeat_s=60)) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            alice = await make_account(http)
+        channels = Redis.from_url(engines.redis_url)
+        channel = f"user:{alice.id}"
+        try:
+            async with connect(f"{_ws(base)}?access_token={alice.access_token}") as ws:
+                await _next_of(ws, "ready")
+                await wait_until(lambda: _subscribers(channels, channel), what="the subscription")
+            left = time.monotonic()
+            await wait_until(lambda: _gone(channels, channel), what="the subscription's end")
+            assert time.monotonic() - left < 5  # not the 60 s heartbeat
+        finally:
+            await channels.aclose()
+
+
+async def _gone(redis: Redis, channel: str) -> bool:
+    return await _subscribers(redis, channel) == 0
 
 
 @pytest.mark.slow
@@ -173,7 +198,7 @@ async def test_slow_consumer_is_cut_off_not_buffered(engines: EngineSet) -> None
                 event = await fast.next(2)
                 if event is None:
                     return
-                received.append(event["n"])
+                received.append(event.event["n"])
 
         reader = asyncio.create_task(keep_up())
         await asyncio.sleep(0.2)
@@ -206,7 +231,7 @@ async def test_a_stopped_stream_stops_even_when_an_event_arrives_at_that_moment(
         subscription = await hub.subscribe("u-cancel")
         waiting = asyncio.create_task(subscription.next(30))
         await asyncio.sleep(0.05)  # waiting for an event
-        subscription.queue.put_nowait({"type": "todo.created"})
+        subscription.queue.put_nowait(Published({"type": "todo.created"}, "{}"))
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting

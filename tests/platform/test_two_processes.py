@@ -153,3 +153,23 @@ async def test_a_change_through_one_is_seen_at_once_through_the_other(
     assert changed.status_code == 200, changed.text
     seen = await b.get("/api/v1/users/me", headers=account.headers)
     assert seen.json()["display_name"] == "Changed on A"
+
+
+async def test_a_socket_of_one_gets_the_event_as_published_uncompressed(
+    pair: tuple[ApiProcess, ApiProcess], clients: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    """WebSocket clients get each event as it was published (with its `event_id`), and no
+    permessage-deflate is negotiated even when the client offers it (serving.SERVER_OPTIONS:
+    events are small; a compressor per socket is not)."""
+    from websockets.asyncio.client import connect
+
+    a, _ = clients
+    account = await make_account(a)
+    url = pair[1].base.replace("http://", "ws://") + "/api/v1/realtime"
+    async with connect(f"{url}?access_token={account.access_token}") as ws:  # offers deflate
+        assert ws.protocol.extensions == []
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ready"
+        created = await a.post("/api/v1/todos", json={"title": "ws"}, headers=account.headers)
+        event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert event["type"] == "todo.created" and event["todo"]["id"] == created.json()["id"]
+    assert isinstance(event["event_id"], str) and "-" in event["event_id"]

@@ -302,6 +302,7 @@ _FINISHED = (
     .returning(Run.id, Run.conversation_id)
 )
 
+
 def _finish_with_answer() -> Insert:
     finished = _FINISHED.cte("finished")
     messages = cast(Table, Message.__table__)

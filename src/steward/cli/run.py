@@ -332,6 +332,7 @@ def api(
     import uvicorn
 
     from steward.platform.logging import uvicorn_log_config
+    from steward.platform.serving import SERVER_OPTIONS
 
     uvicorn.run(
         "steward.app:app",
@@ -344,6 +345,7 @@ def api(
         server_header=False,
         # In-flight requests get this long; open streams their grace (then a farewell).
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
     )
 
 

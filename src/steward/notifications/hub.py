@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -32,35 +33,54 @@ DROPPED = Counter(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An event as every client receives it: decoded (to filter on), and its JSON as it was
+    published, which sockets send as it is instead of each encoding it again."""
+
+    event: dict[str, Any]
+    text: str
+
+
+_WAKE = Published({}, "")  # not an event: wakes a waiting `next` (see `wake`)
+
+
 class Subscription:
     """One client's view of the hub: an async iterator of events, closed when dropped."""
 
     def __init__(self, hub: Hub, user_id: str, max_queue: int) -> None:
         self.user_id = user_id
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_queue)
+        self.queue: asyncio.Queue[Published] = asyncio.Queue(maxsize=max_queue)
         self.dropped = False
         self._hub = hub
 
-    def offer(self, event: dict[str, Any]) -> None:
+    def offer(self, published: Published) -> None:
         if self.dropped:
             return
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(published)
             DELIVERED.inc()
         except asyncio.QueueFull:
             self.dropped = True
             DROPPED.inc()
             log.warning("realtime.slow_consumer_dropped", user_id=self.user_id)
 
-    async def next(self, wait_s: float) -> dict[str, Any] | None:
-        """The next event, or None after `wait_s` seconds without one."""
+    def wake(self) -> None:
+        """Make a waiting `next` return None now (its client has gone, say); a full queue
+        needs no waking."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(_WAKE)
+
+    async def next(self, wait_s: float) -> Published | None:
+        """The next event, or None after `wait_s` seconds without one (or when woken)."""
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
         # arrives as the event does, and the stream being stopped (a shutdown) goes on.
         try:
             async with asyncio.timeout(wait_s):
-                return await self.queue.get()
+                published = await self.queue.get()
         except TimeoutError:
             return None
+        return None if published is _WAKE else published
 
     async def close(self) -> None:
         await self._hub.unsubscribe(self)
@@ -121,8 +141,11 @@ class Hub:
                 event = orjson.loads(message["data"])
             except orjson.JSONDecodeError:
                 continue
+            if not isinstance(event, dict):
+                continue
+            published = Published(event, message["data"].decode())
             for subscription in tuple(self._subscribers.get(user_id, ())):
-                subscription.offer(event)
+                subscription.offer(published)
 
     async def _resubscribe(self) -> None:
         async with self._lock:

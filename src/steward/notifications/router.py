@@ -31,7 +31,7 @@ from steward.accounts.schemas import (
 )
 from steward.accounts.sockets import accept_socket
 from steward.notifications import account_mail, devices, service, webhooks
-from steward.notifications.hub import Hub
+from steward.notifications.hub import Hub, Subscription
 from steward.notifications.schemas import (
     DeviceRead,
     DeviceRegister,
@@ -145,7 +145,7 @@ async def realtime_socket(websocket: WebSocket) -> None:
     settings = resources.settings
     subscription = await resources.get(Hub).subscribe(str(principal.user_id))
     # The client may talk (pings); reading is also how a disconnect is noticed.
-    listener = asyncio.create_task(_drain(websocket))
+    listener = asyncio.create_task(_drain(websocket, subscription))
     try:
         async with open_socket(websocket, transport="websocket",
                                lifetime_s=settings.realtime_max_lifetime_s) as socket:  # fmt: skip
@@ -156,28 +156,24 @@ async def realtime_socket(websocket: WebSocket) -> None:
                 for missed in await _catch_up(resources, str(principal.user_id), seen, gate):
                     await socket.send(missed)
             while (remaining := socket.remaining()) > 0:
-                waiting = asyncio.create_task(
-                    subscription.next(min(settings.realtime_heartbeat_s, remaining))
-                )
-                await asyncio.wait({waiting, listener}, return_when=asyncio.FIRST_COMPLETED)
+                # One wait per event, not a task: the listener wakes it when the client goes.
+                published = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
                 if listener.done():  # the client went away
-                    waiting.cancel()
                     return
-                event = waiting.result()
                 if subscription.dropped:
                     await socket.close(CLOSE_SLOW_CONSUMER, "too slow; reconnect")
                     return
-                if event is None:
+                if published is None:
                     await socket.send({"type": "ping"})
-                elif gate.passes(event):
-                    await socket.send(event)
+                elif gate.passes(published.event):
+                    await socket.send_text(published.text)
             await socket.close_at_lifetime()
     finally:
         listener.cancel()
         await subscription.close()
 
 
-async def _drain(websocket: WebSocket) -> None:
+async def _drain(websocket: WebSocket, subscription: Subscription) -> None:
     try:
         while True:
             message = await websocket.receive()
@@ -185,6 +181,8 @@ async def _drain(websocket: WebSocket) -> None:
                 return
     except (WebSocketDisconnect, RuntimeError):
         return
+    finally:
+        subscription.wake()
 
 
 @router.get(
@@ -252,12 +250,12 @@ async def _events(request: Request, user_id: str) -> AsyncIterator[bytes]:
             for missed in await _catch_up(resources, user_id, seen, gate):
                 yield _sse(missed)
         while (remaining := deadline - time.monotonic()) > 0:
-            event = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
+            published = await subscription.next(min(settings.realtime_heartbeat_s, remaining))
             if subscription.dropped:
                 yield sse_event("error", {"detail": "too slow; reconnect"})
                 return
-            if event is not None and gate.passes(event):
-                yield _sse(event)
+            if published is not None and gate.passes(published.event):
+                yield _sse(published.event)
     finally:
         await subscription.close()
 

@@ -96,8 +96,12 @@ class Socket:
         return self.deadline - time.monotonic()
 
     async def send(self, payload: dict[str, Any]) -> None:
+        await self.send_text(orjson.dumps(payload, default=str).decode())
+
+    async def send_text(self, text: str) -> None:
+        """A message that is JSON already."""
         async with self._send_lock:
-            await self.websocket.send_text(orjson.dumps(payload, default=str).decode())
+            await self.websocket.send_text(text)
 
     async def receive(self) -> str | None:
         """The next text message, or None when the lifetime ran out first (then closed)."""
