@@ -163,8 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--only", choices=["http", "streams", "errors", "knowledge", "reload",
-                                            "growth"],
+    parser.add_argument("--only", choices=["http", "workers", "streams", "errors", "knowledge",
+                                            "reload", "growth"],
                         help="run one part only")  # fmt: skip
     parser.add_argument("--knowledge-chunks", type=int, default=100_000,
                         help="chunks in the search latency part")  # fmt: skip
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--growth-users", type=int, default=10_000,
                         help="users added in the growth part (100 todos each)")  # fmt: skip
     args = parser.parse_args()
-    if args.only in (None, "http", "growth") and shutil.which("wrk") is None:
+    if args.only in (None, "http", "workers", "growth") and shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it)")
 
     from tests.engines import provide_engines
@@ -203,6 +203,8 @@ def main() -> None:
         steward_env["RATE_LIMIT_REGISTER"] = "1000000/minute"
         if args.only in (None, "http"):
             http_benchmarks(args, engines, base_env, steward_env)
+        if args.only in (None, "workers"):
+            worker_benchmarks(args, engines, steward_env)
         if args.only in (None, "streams"):
             stream_benchmarks(args, engines, steward_env)
         if args.only in (None, "errors"):
@@ -213,6 +215,19 @@ def main() -> None:
             reload_benchmarks(args, engines)
         if args.only in (None, "growth"):
             growth_benchmarks(args, engines, steward_env)
+
+
+def worker_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
+    from bench import workers
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = workers.run(engines, steward_env, OUT, rounds=args.rounds, duration=args.duration)
+    (OUT / "workers.json").write_text(json.dumps(results, indent=2))
+    update_results("Workers", [
+        f"Written by `python -m bench.run --only workers --duration {args.duration} --rounds "
+        f"{args.rounds}` (part of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
+        f"engines: {engines.kind}.", "", *workers.markdown(results),
+    ])  # fmt: skip
 
 
 def growth_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
@@ -461,7 +476,8 @@ def write_results(
     update_results("HTTP", lines)
 
 
-SECTIONS = ("HTTP", "Streams", "Errors", "Knowledge", "Growth", "Reloads and restarts", "Analysis")
+SECTIONS = ("HTTP", "Workers", "Streams", "Errors", "Knowledge", "Growth", "Reloads and restarts",
+            "Analysis")  # fmt: skip
 
 
 def update_results(title: str, lines: list[str]) -> None:
