@@ -30,8 +30,11 @@ control_socket_disable = True
 graceful_timeout = 20
 timeout = 60
 keepalive = 5
-max_requests = 20_000
-max_requests_jitter = 2_000
+# A backstop against a slow leak, not a routine: a worker serves ~2,000 cached requests/s on
+# one core (bench/RESULTS.md, Workers), at which 20,000 recycled each worker every 10 s, and
+# each recycle reset the keep-alive connections it held and began a cold cache.
+max_requests = 500_000
+max_requests_jitter = 50_000
 accesslog = None  # Steward writes its own access log with request ids and route templates
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

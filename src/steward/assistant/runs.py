@@ -423,14 +423,13 @@ async def _replay(
         while (remaining := deadline - time.monotonic()) > 0:
             try:  # not wait_for: see notifications/hub.py Subscription.next
                 async with asyncio.timeout(min(heartbeat, remaining)):
-                    first = await follower.queue.get()
+                    waiting = await follower.queue.get()
             except TimeoutError:
                 if not await stream.exists(run_id):
                     return  # expired (or was never written) while we waited
                 continue
-            waiting = [first]
             while len(waiting) < size and not follower.queue.empty():
-                waiting.append(follower.queue.get_nowait())
+                waiting = [*waiting, *follower.queue.get_nowait()]
             fresh: list[Entry] = []
             for entry_id, event in waiting:
                 if not is_after(entry_id, after):
@@ -439,8 +438,8 @@ async def _replay(
                 after = entry_id
                 if event.event == "done":
                     break
-            if fresh:
-                yield fresh
+            for start in range(0, len(fresh), size):
+                yield fresh[start : start + size]
             if fresh and fresh[-1][1].event == "done":
                 return
     finally:

@@ -292,11 +292,13 @@ def is_after(a: str, b: str) -> bool:
 
 
 class Follower:
-    """One reader's view of a run: catch-up entries first, then live ones from the hub."""
+    """One reader's view of a run: catch-up entries first, then live ones from the hub, in
+    lists (what one read of the log brought: a reader that is behind is woken once for
+    many entries, not once per entry)."""
 
     def __init__(self, run_id: uuid.UUID) -> None:
         self.run_id = run_id
-        self.queue: asyncio.Queue[tuple[str, RunEvent]] = asyncio.Queue()
+        self.queue: asyncio.Queue[list[tuple[str, RunEvent]]] = asyncio.Queue()
 
 
 class RunFollowers:
@@ -368,19 +370,20 @@ class RunFollowers:
                     self._dispatch(run_id, entries)
 
     def _dispatch(self, run_id: uuid.UUID, entries: list[Any]) -> None:
+        fresh: list[tuple[str, RunEvent]] = []
         for raw_id, fields in entries:
             entry_id = raw_id.decode()
             if not is_after(entry_id, self._heads[run_id]):
                 continue
             self._heads[run_id] = entry_id
             try:
-                event = RunEvent.decode(fields)
+                fresh.append((entry_id, RunEvent.decode(fields)))
             except (KeyError, ValueError):
                 # One unreadable entry must not stop the loop every reader depends on.
                 log.warning("assistant.run_event_unreadable", run_id=str(run_id), id=entry_id)
-                continue
+        if fresh:
             for follower in self._followers.get(run_id, ()):
-                follower.queue.put_nowait((entry_id, event))
+                follower.queue.put_nowait(fresh)  # shared: readers only read it
 
     async def aclose(self) -> None:
         if self._task is not None:
