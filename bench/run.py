@@ -8,6 +8,7 @@ that noise from the shared machine lands on every target alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -164,7 +165,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--only", choices=["http", "workers", "streams", "errors", "knowledge",
-                                            "reload", "growth"],
+                                            "reload", "growth", "soak"],
                         help="run one part only")  # fmt: skip
     parser.add_argument("--knowledge-chunks", type=int, default=100_000,
                         help="chunks in the search latency part")  # fmt: skip
@@ -174,6 +175,8 @@ def main() -> None:
                         help="seconds between the fake provider's tokens")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=100, help="tokens per fake reply")
     parser.add_argument("--reloads", type=int, default=3, help="gunicorn reloads per configuration")
+    parser.add_argument("--soak-seconds", type=int, default=600,
+                        help="minutes of mixed traffic in the soak part, in seconds")  # fmt: skip
     parser.add_argument("--growth-users", type=int, default=10_000,
                         help="users added in the growth part (100 todos each)")  # fmt: skip
     args = parser.parse_args()
@@ -215,6 +218,8 @@ def main() -> None:
             reload_benchmarks(args, engines)
         if args.only in (None, "growth"):
             growth_benchmarks(args, engines, steward_env)
+        if args.only in (None, "soak"):
+            soak_benchmarks(args, steward_env)
 
 
 def worker_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
@@ -227,6 +232,23 @@ def worker_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[
         f"Written by `python -m bench.run --only workers --duration {args.duration} --rounds "
         f"{args.rounds}` (part of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
         f"engines: {engines.kind}.", "", *workers.markdown(results),
+    ])  # fmt: skip
+
+
+def soak_benchmarks(args: argparse.Namespace, steward_env: dict[str, str]) -> None:
+    from bench import soak, streams
+
+    stack = streams.start_stack(steward_env, token_delay_s=args.token_delay, tokens=args.tokens,
+                                free_port=free_port, out=OUT)  # fmt: skip
+    try:
+        results = anyio.run(functools.partial(soak.run, stack, seconds=args.soak_seconds))
+    finally:
+        streams.stop_stack(stack)
+    (OUT / "soak.json").write_text(json.dumps(results, indent=2))
+    update_results("Soak", [
+        f"Written by `python -m bench.run --only soak --soak-seconds {args.soak_seconds}` (part "
+        f"of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.", "",
+        *soak.markdown(results, OUT),
     ])  # fmt: skip
 
 
@@ -476,8 +498,8 @@ def write_results(
     update_results("HTTP", lines)
 
 
-SECTIONS = ("HTTP", "Workers", "Streams", "Errors", "Knowledge", "Growth", "Reloads and restarts",
-            "Analysis")  # fmt: skip
+SECTIONS = ("HTTP", "Workers", "Streams", "Errors", "Knowledge", "Growth", "Soak",
+            "Reloads and restarts", "Analysis")  # fmt: skip
 
 
 def update_results(title: str, lines: list[str]) -> None:

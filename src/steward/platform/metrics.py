@@ -41,6 +41,11 @@ LOOP_LAG = Histogram(
     "How late the event loop ran a timer due now: time stolen by blocking or busy code.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+LOOP_TASKS = Gauge(
+    "steward_event_loop_tasks",
+    "Tasks alive on the event loop; a count that only grows is a leak.",
+    multiprocess_mode="livesum",
+)
 UNHANDLED_ERRORS = Counter(
     "steward_unhandled_errors_total",
     "Exceptions that reached the top of the stack and became 500 responses.",
@@ -128,8 +133,13 @@ def render_metrics() -> tuple[bytes, str]:
 
 
 async def watch_event_loop(interval_s: float = 0.25) -> None:
-    """Until cancelled: sleep `interval_s` and record how much later than asked we woke."""
+    """Until cancelled: sleep `interval_s` and record how much later than asked we woke;
+    every fourth time, count the loop's tasks."""
+    rounds = 0
     while True:
         started = time.perf_counter()
         await asyncio.sleep(interval_s)
         LOOP_LAG.observe(max(0.0, time.perf_counter() - started - interval_s))
+        if rounds % 4 == 0:
+            LOOP_TASKS.set(len(asyncio.all_tasks()))
+        rounds += 1
