@@ -227,6 +227,10 @@ def worker_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[
 
     OUT.mkdir(parents=True, exist_ok=True)
     results = workers.run(engines, steward_env, OUT, rounds=args.rounds, duration=args.duration)
+    results["streams"] = workers.run_streams(
+        {**steward_env, "CELERY_BROKER_URL": engines.redis_spare(1)}, OUT, n=1000,
+        token_delay_s=args.token_delay, tokens=args.tokens,
+    )  # fmt: skip
     (OUT / "workers.json").write_text(json.dumps(results, indent=2))
     update_results("Workers", [
         f"Written by `python -m bench.run --only workers --duration {args.duration} --rounds "

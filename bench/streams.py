@@ -148,6 +148,7 @@ class Stack:
     fake: subprocess.Popen[bytes]
     api_env: dict[str, str]  # to start the API process again (restart_api)
     out: Path  # where its log goes
+    workers: int = 0  # 0: `steward api`; else gunicorn with this many workers
     token: str = ""
     user_id: str = ""
     conversations: list[str] = field(default_factory=list)
@@ -162,7 +163,9 @@ class Stack:
 
 
 def start_stack(env: dict[str, str], *, token_delay_s: float, tokens: int, free_port: Any,
-                out: Path) -> Stack:  # fmt: skip
+                out: Path, workers: int = 0) -> Stack:  # fmt: skip
+    """The fake provider and Steward: `steward api`, or with `workers`, gunicorn with the
+    deployment's config and that many workers."""
     provider_port, port = free_port(), free_port()
     out.mkdir(parents=True, exist_ok=True)
     fake = subprocess.Popen(
@@ -182,16 +185,23 @@ def start_stack(env: dict[str, str], *, token_delay_s: float, tokens: int, free_
                "RATE_LIMIT_ASSISTANT": "1000000000/minute", "DB_POOL_SIZE": "50",
                "DB_MAX_OVERFLOW": "0", "REALTIME_QUEUE_SIZE": "1000"}  # fmt: skip
     (out / "steward-streams.log").write_bytes(b"")
-    stack = Stack(provider_port=provider_port, port=port, process=_api(port, api_env, out),
-                  fake=fake, api_env=api_env, out=out)  # fmt: skip
+    if workers:
+        api_env |= {"HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": str(workers),
+                    "PROMETHEUS_MULTIPROC_DIR": str(out / "metrics")}  # fmt: skip
+    stack = Stack(provider_port=provider_port, port=port, fake=fake, api_env=api_env, out=out,
+                  process=_api(port, api_env, out, workers), workers=workers)  # fmt: skip
     _wait_ready(stack)
     return stack
 
 
-def _api(port: int, env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+def _api(port: int, env: dict[str, str], out: Path, workers: int = 0) -> subprocess.Popen[bytes]:
+    argv = [PYTHON, "-m", "steward", "api", "--port", str(port)]
+    if workers:
+        argv = [str(Path(PYTHON).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
+                "steward.app:app"]  # fmt: skip
     return subprocess.Popen(
-        [PYTHON, "-m", "steward", "api", "--port", str(port)], env=env, cwd=ROOT,
-        stdout=(out / "steward-streams.log").open("ab"), stderr=subprocess.STDOUT,
+        argv, env=env, cwd=ROOT, stdout=(out / "steward-streams.log").open("ab"),
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
@@ -215,7 +225,7 @@ async def restart_api(stack: Stack) -> None:
     """A new API process on the same port: the next scenario starts on a fresh heap."""
     stack.process.terminate()
     await asyncio.to_thread(stack.process.wait, 20)
-    stack.process = _api(stack.port, stack.api_env, stack.out)
+    stack.process = _api(stack.port, stack.api_env, stack.out, stack.workers)
     await asyncio.to_thread(_wait_ready, stack)
 
 

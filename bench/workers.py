@@ -1,6 +1,7 @@
 """Two workers against one (part of `make bench`): gunicorn with the deployment's own config
 (deploy/gunicorn.conf.py), WEB_CONCURRENCY=1 then 2, each serving the cached todo list
-under wrk; rounds interleaved so that the machine's noise falls on both alike."""
+under wrk (rounds interleaved so that the machine's noise falls on both alike), then 1,000
+assistant streams spread over them by the kernel's accept."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import anyio
 from tests.deploy.serving import gunicorn
 
+from bench import streams
 from bench.run import free_port, seed_user, wrk
 
 PATH = "/api/v1/todos?limit=20"
@@ -48,6 +51,31 @@ def run(
     }  # fmt: skip
 
 
+def run_streams(
+    steward_env: dict[str, str], out: Path, *, n: int, token_delay_s: float, tokens: int
+) -> dict[int, dict[str, Any]]:
+    """`n` staggered assistant streams (as in the Streams section) on 1 and on 2 workers."""
+    results: dict[int, dict[str, Any]] = {}
+    for workers in (1, 2):
+        stack = streams.start_stack(
+            {**steward_env}, token_delay_s=token_delay_s, tokens=tokens, free_port=free_port,
+            out=out / f"streams-{workers}", workers=workers,
+        )  # fmt: skip
+        try:
+            results[workers] = anyio.run(_streams, stack, n, tokens * token_delay_s, tokens)
+        finally:
+            streams.stop_stack(stack)
+        print(f"{n} streams on {workers} worker(s): {results[workers]}", flush=True)
+    return results
+
+
+async def _streams(stack: streams.Stack, n: int, reply_s: float, tokens: int) -> dict[str, Any]:
+    await streams.seed(stack, conversations=100)
+    await streams.assistant_streams(stack, 100, reply_s, tokens=tokens)  # warm-up
+    result = await streams.assistant_streams(stack, n, reply_s, tokens=tokens)
+    return {k: v for k, v in result.items() if k != "slowest"}
+
+
 def markdown(results: dict[str, Any]) -> list[str]:
     lines = [
         f"`gunicorn -c deploy/gunicorn.conf.py` with WEB_CONCURRENCY=1 and =2, `wrk -t1 -c50 "
@@ -64,4 +92,19 @@ def markdown(results: dict[str, Any]) -> list[str]:
             f"{r['errors']} | {', '.join(f'{v:,}' for v in r['each'])} |"
         )
     lines += ["", f"**Two workers / one: {results['ratio']:.2f}.**"]
+    if results.get("streams"):
+        lines += [
+            "",
+            "1,000 assistant streams started over one reply's length (as in Streams: 100 "
+            "tokens 50 ms apart, 10,000 tokens/s offered), one round after a warm-up of 100, "
+            "the same gunicorn config:",
+            "",
+            "| workers | tokens/s delivered | added TTFT p50 / p99 ms | errors |",
+            "|---|---|---|---|",
+        ]
+        for workers, r in results["streams"].items():
+            lines.append(
+                f"| {workers} | {r['tokens_per_s']:,.0f} | {r['added_p50'] * 1000:,.0f} / "
+                f"{r['added_p99'] * 1000:,.0f} | {r['errors']} |"
+            )
     return lines
