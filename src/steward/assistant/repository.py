@@ -24,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    or_,
     select,
     true,
     update,
@@ -281,12 +282,13 @@ async def add_message(
     return message
 
 
-# `in_()` with a list makes an expanding parameter anew: built once too.
+# Two comparisons, not `in_()`: an IN list is an expanding parameter, rendered again on
+# every execution (a tenth of this statement's ORM time in a burst of run starts).
 _FINISHED = (
     update(Run)
     .where(
         Run.id == bindparam("run_id"),
-        Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]),
+        or_(Run.status == RunStatus.QUEUED.value, Run.status == RunStatus.RUNNING.value),
     )
     .values(
         status=bindparam("new_status"),
