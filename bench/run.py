@@ -222,6 +222,20 @@ def main() -> None:
             soak_benchmarks(args, steward_env)
 
 
+def report(
+    title: str, arguments: str, results: Any, lines: list[str], *, engines: str | None = None
+) -> None:
+    """Keep a part's figures (bench/out/<title>.json) and rewrite its section of RESULTS.md,
+    saying which command wrote it and when."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{title.lower()}.json").write_text(json.dumps(results, indent=2, default=str))
+    on = f"; engines: {engines}" if engines else ""
+    update_results(title, [
+        f"Written by `python -m bench.run {arguments}` (part of `make bench`) on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC{on}.", "", *lines,
+    ])  # fmt: skip
+
+
 def worker_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
     from bench import workers
 
@@ -231,12 +245,8 @@ def worker_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[
         {**steward_env, "CELERY_BROKER_URL": engines.redis_spare(1)}, OUT, n=1000,
         token_delay_s=args.token_delay, tokens=args.tokens,
     )  # fmt: skip
-    (OUT / "workers.json").write_text(json.dumps(results, indent=2))
-    update_results("Workers", [
-        f"Written by `python -m bench.run --only workers --duration {args.duration} --rounds "
-        f"{args.rounds}` (part of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
-        f"engines: {engines.kind}.", "", *workers.markdown(results),
-    ])  # fmt: skip
+    report("Workers", f"--only workers --duration {args.duration} --rounds {args.rounds}",
+           results, workers.markdown(results), engines=engines.kind)  # fmt: skip
 
 
 def soak_benchmarks(args: argparse.Namespace, steward_env: dict[str, str]) -> None:
@@ -248,12 +258,8 @@ def soak_benchmarks(args: argparse.Namespace, steward_env: dict[str, str]) -> No
         results = anyio.run(functools.partial(soak.run, stack, seconds=args.soak_seconds))
     finally:
         streams.stop_stack(stack)
-    (OUT / "soak.json").write_text(json.dumps(results, indent=2))
-    update_results("Soak", [
-        f"Written by `python -m bench.run --only soak --soak-seconds {args.soak_seconds}` (part "
-        f"of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.", "",
-        *soak.markdown(results, OUT),
-    ])  # fmt: skip
+    report("Soak", f"--only soak --soak-seconds {args.soak_seconds}", results,
+           soak.markdown(results, OUT))  # fmt: skip
 
 
 def growth_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:
@@ -261,13 +267,8 @@ def growth_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[
 
     results = growth.run(engines, steward_env, rounds=args.rounds, duration=args.duration,
                          users=args.growth_users, per_user=100)  # fmt: skip
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "growth.json").write_text(json.dumps(results, indent=2))
-    update_results("Growth", [
-        f"Written by `python -m bench.run --only growth --growth-users {args.growth_users}` "
-        f"(part of `make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; engines: "
-        f"{engines.kind}.", "", *growth.markdown(results),
-    ])  # fmt: skip
+    report("Growth", f"--only growth --growth-users {args.growth_users}", results,
+           growth.markdown(results), engines=engines.kind)  # fmt: skip
 
 
 def reload_benchmarks(args: argparse.Namespace, engines: Any) -> None:
