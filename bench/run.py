@@ -259,7 +259,7 @@ def soak_benchmarks(args: argparse.Namespace, steward_env: dict[str, str]) -> No
     finally:
         streams.stop_stack(stack)
     report("Soak", f"--only soak --soak-seconds {args.soak_seconds}", results,
-           soak.markdown(results, OUT))  # fmt: skip
+           soak.markdown(results))  # fmt: skip
 
 
 def growth_benchmarks(args: argparse.Namespace, engines: Any, steward_env: dict[str, str]) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -165,7 +164,7 @@ async def run(stack: streams.Stack, *, seconds: float, warmup_s: float = 60.0) -
     }  # fmt: skip
 
 
-def markdown(results: dict[str, Any], out: Path) -> list[str]:
+def markdown(results: dict[str, Any]) -> list[str]:
     b, a = results["before"], results["after"]
     lines = [
         f"One `steward api` process; {results['seconds']:.0f} s of mixed traffic after a "
