@@ -592,7 +592,9 @@ def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> l
         "direct is the same clients straight against the fake at the same concurrency; the "
         "same subtraction there, the measurement's own floor, is "
         + ", ".join(
-            f"{ms(r['floor_p50'], r['floor_p99'])} ms at {r['n']}" for r in results["streams"]
+            f"{ms(r['floor_p50'], r['floor_p99'])} ms at {r['n']}"
+            f"{' at once (the fake itself queues a burst)' if r.get('burst') else ''}"
+            for r in results["streams"]
         )
         + ".",
         "",
