@@ -95,3 +95,13 @@ def test_an_endless_event_is_refused_before_it_fills_memory() -> None:
     reader.feed(b"data: " + b"x" * (_EventReader.MAX_EVENT - 100))
     with pytest.raises(ProviderError, match="over"):
         reader.feed(b"x" * 200)
+
+
+def test_a_body_read_one_byte_at_a_time_gives_the_same_text() -> None:
+    body = b"".join(_data({"content": f"w{i} "}) + b"\r\n\r\n" for i in range(50))
+    reader = _EventReader("fake")
+    pieces = [chunk for byte in range(len(body)) for chunk in reader.feed(body[byte : byte + 1])]
+    assert "".join(c.text for c in pieces if isinstance(c, TextDelta)) == "".join(
+        f"w{i} " for i in range(50)
+    )
+    assert len(pieces) == 50  # nothing merged: no read held two events
