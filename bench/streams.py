@@ -407,8 +407,11 @@ async def redis_calls(redis_url: str) -> dict[str, int]:
 
 
 async def resumable_readers(
-    stack: Stack, redis_url: str, runs: int, per_run: int
+    stack: Stack, redis_url: str, runs: int, per_run: int, spread_s: float = 0.0
 ) -> dict[str, Any]:
+    """`runs` runs, each followed by `per_run` readers from its `run` event on; all started
+    at once, or evenly over `spread_s` (about `runs` streaming at any time, as in the
+    assistant streams scenario)."""
     idle = rss_kib(stack.process.pid)
     calls_before = await redis_calls(redis_url)
     lags: list[float] = []
@@ -448,13 +451,14 @@ async def resumable_readers(
 
     with Sampler(stack.process.pid) as sampler:
         started = time.perf_counter()
-        await asyncio.gather(*(produce(i) for i in range(runs)))
+        await _staggered(runs, spread_s, produce)
         wall = time.perf_counter() - started
     calls_after = await redis_calls(redis_url)
     grew = {k: calls_after.get(k, 0) - calls_before.get(k, 0) for k in calls_after}
     readers = runs * per_run
     return {
-        "runs": runs, "readers": readers, "delivered": delivered, "events_per_s": delivered / wall,
+        "runs": runs, "readers": readers, "spread_s": spread_s, "delivered": delivered,
+        "events_per_s": delivered / wall,
         "lag_p50_ms": statistics.median(lags) if lags else float("nan"),
         "lag_p99_ms": pct(lags, 0.99), "errors": errors,
         "redis_per_event": sum(grew.values()) / max(1, delivered),
@@ -534,9 +538,21 @@ async def run_all(stack: Stack, redis_url: str, reply_s: float, tokens: int) -> 
     burst = await assistant_streams(stack, 100, 0.0, tokens=tokens, rounds=5)
     print(f"assistant streams, 100 at once: {burst}", flush=True)
     results["streams"].append({**burst, "burst": True})
-    results["readers"] = await resumable_readers(stack, redis_url, runs=100, per_run=10)
+    results["readers"] = [
+        await resumable_readers(stack, redis_url, runs=100, per_run=10, spread_s=spread)
+        for spread in (0.0, reply_s)
+    ]
     print(f"resumable readers: {results['readers']}", flush=True)
     return results
+
+
+def _readers_row(r: dict[str, Any]) -> str:
+    started = "at once" if not r["spread_s"] else f"over {r['spread_s']:g} s"
+    return (
+        f"| {started} | {r['delivered']:,} | {r['events_per_s']:,.0f} | {r['lag_p50_ms']:.1f} / "
+        f"{r['lag_p99_ms']:.1f} | {r['redis_per_event']:.2f} / {r['xread_per_event']:.2f} | "
+        f"{r['kib_per_reader']:.0f} | {r['errors']} |"
+    )
 
 
 def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> list[str]:
@@ -571,7 +587,7 @@ def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> l
             f"({'-' if r.get('burst') else format(r['offered_per_s'], ',.0f')}) | "
             f"{r['errors']} | {r['lag_p99_ms']:.0f} |"
         )
-    r = results["readers"]
+    readers = results["readers"]
     f = results["fanout"]
     m = results["memory"]
     lines += [
@@ -598,15 +614,17 @@ def markdown(results: dict[str, Any], *, token_delay_s: float, tokens: int) -> l
         )
         + ".",
         "",
-        f"### Resumable readers: {r['readers']} readers of {r['runs']} runs "
+        f"### Resumable readers: {readers[0]['readers']} readers of {readers[0]['runs']} runs "
         "(`GET /runs/{id}/events`)",
         "",
-        "| events delivered | events/s | event-to-client lag p50 / p99 ms | Redis commands per "
-        "event (all / XREAD) | KiB per reader | errors |",
-        "|---|---|---|---|---|---|",
-        f"| {r['delivered']:,} | {r['events_per_s']:,.0f} | {r['lag_p50_ms']:.1f} / "
-        f"{r['lag_p99_ms']:.1f} | {r['redis_per_event']:.2f} / {r['xread_per_event']:.2f} | "
-        f"{r['kib_per_reader']:.0f} | {r['errors']} |",
+        "| runs started | events delivered | events/s | event-to-client lag p50 / p99 ms | "
+        "Redis commands per event (all / XREAD) | KiB per reader | errors |",
+        "|---|---|---|---|---|---|---|",
+        *(_readers_row(r) for r in readers),
+        "",
+        "Runs started at once: the 100 POSTs and the 1,000 readers' GETs arrive in the same "
+        "instant. Over a reply's length: up to about 100 runs stream at once, as in the "
+        "assistant streams scenario, at the same rate of events.",
         "",
         "Lag is the time from the event's production (its stream id, assigned when the run "
         "emits it) to its arrival at the client, counted for events produced after the "
