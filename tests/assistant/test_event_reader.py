@@ -9,6 +9,7 @@ import pytest
 from steward.assistant.providers import (
     Finish,
     ProviderError,
+    ReasoningDelta,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -105,3 +106,14 @@ def test_a_body_read_one_byte_at_a_time_gives_the_same_text() -> None:
         f"w{i} " for i in range(50)
     )
     assert len(pieces) == 50  # nothing merged: no read held two events
+
+
+def test_reasoning_of_one_read_is_merged_apart_from_the_answer() -> None:
+    body = b"".join(
+        _data(delta) + b"\n\n"
+        for delta in ({"content": None, "reasoning_content": "Think"},
+                      {"content": None, "reasoning_content": "ing."},
+                      {"content": "Done"}, {"content": "."})
+    )  # fmt: skip
+    (chunks,), _ = _feed(body)
+    assert chunks == [ReasoningDelta("Thinking."), TextDelta("Done.")]

@@ -10,6 +10,8 @@ Tests queue scripted behaviours with `FakeOpenAI.script(...)`, one per request, 
     Script(text="a b c d", stall_after=2)       two tokens, then silence
     Script(text="a b c d", cut_after=2)         two tokens, then the connection drops
     Script(malformed=True)                      a chunk that is not JSON
+    Script(text="Hi", reasoning="Let me think") reasoning_content deltas, then the answer
+                                                (DeepSeek-R1, Qwen3 thinking, Doubao thinking)
 
 Every request is recorded (`requests`) so tests can check what the provider was sent, and
 the fake's own time to first token for each streamed reply (`first_token_s`, keyed by the
@@ -54,6 +56,7 @@ class Script:
     malformed: bool = False
     delay_s: float | None = None
     usage: tuple[int, int] | None = None  # (prompt, completion) to report instead of counting
+    reasoning: str | None = None  # streamed word by word as `reasoning_content` first
 
 
 class _Cut(Exception):
@@ -151,6 +154,8 @@ class FakeOpenAI:
         created = int(time.time())
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens) or None}
+            if script.reasoning:
+                message["reasoning_content"] = script.reasoning
             if script.tool_calls:
                 message["tool_calls"] = [
                     {"id": f"call_{i}", "type": "function",
@@ -182,6 +187,12 @@ class FakeOpenAI:
                 yield b"data: {this is not json\n\n"
                 return
             yield chunk({"role": "assistant", "content": ""})
+            for position, word in enumerate((script.reasoning or "").split()):
+                if delay:
+                    await asyncio.sleep(delay)
+                # As the thinking models send it: content null beside reasoning_content.
+                piece = word if position == 0 else " " + word
+                yield chunk({"content": None, "reasoning_content": piece})
             for position, token in enumerate(tokens):
                 if script.cut_after is not None and position == script.cut_after:
                     raise _Cut

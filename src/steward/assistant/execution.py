@@ -30,6 +30,7 @@ from steward.assistant.providers import (
     ProviderError,
     ProviderRejected,
     ProviderUnavailable,
+    ReasoningDelta,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -136,6 +137,7 @@ class Execution:
         # Sources that tools returned, numbered across the run as the model cites them.
         self.sources: dict[int, dict[str, Any]] = {}
         self.citations: list[dict[str, Any]] = []
+        self.reasoning: list[str] = []  # stored with the run, apart from the answer
 
     def _number_sources(self, result: dict[str, Any]) -> None:
         """Give a tool result's `sources` the run's next numbers (the model cites [n])."""
@@ -216,7 +218,7 @@ class Execution:
             events = await self.resources.get(RunLog).read(self.plan.run_id)
         except Exception:  # noqa: BLE001 - unknown; the claim then assumes the worst
             return None
-        return any(event.event in ("token", "tool_call") for event in events)
+        return any(event.event in ("token", "reasoning", "tool_call") for event in events)
 
     async def _rounds(
         self, provider: Provider, prompt: prompts.ActivePrompt, history: list[dict[str, Any]]
@@ -261,6 +263,13 @@ class Execution:
                         traced.first_token()
                         current.text.append(chunk.text)
                         yield RunEvent("token", {"delta": chunk.text})
+                    elif isinstance(chunk, ReasoningDelta):
+                        # Shown as it comes, kept out of the answer and of every later call
+                        # (thinking models' providers refuse it back in the history).
+                        self._first_token()
+                        traced.first_token()
+                        self.reasoning.append(chunk.text)
+                        yield RunEvent("reasoning", {"delta": chunk.text})
                     elif isinstance(chunk, ToolCallDelta):
                         self._first_token()
                         traced.first_token()
@@ -331,7 +340,7 @@ class Execution:
                 won = await repository.finish_run(
                     session, run_id=self.plan.run_id, status=status, usage=self.usage,
                     first_token_at=self.first_token_at, error=error, citations=self.citations,
-                    answer=answer,
+                    answer=answer, reasoning="".join(self.reasoning) or None,
                 )  # fmt: skip
                 if not won:
                     run = await session.get(Run, self.plan.run_id)

@@ -100,6 +100,8 @@ class Run(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # The sources the answer cited (knowledge search results), as its `citation` events.
     citations: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    # A thinking model's reasoning (`reasoning` events), never part of the answer or history.
+    reasoning: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     first_token_at: Mapped[datetime | None]

@@ -79,6 +79,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """A piece of a thinking model's reasoning (`reasoning_content`), streamed before its
+    answer: shown to the user, never part of the answer or of a later call's history."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     """A piece of a tool call; `index` says which call, the first piece carries id and name."""
 
@@ -100,7 +108,7 @@ class Finish:
     reason: str
 
 
-Chunk = TextDelta | ToolCallDelta | Usage | Finish
+Chunk = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,8 +403,11 @@ def _stream_error(provider: str, message: dict[str, Any]) -> ProviderError:
 def _merged(chunks: list[Chunk]) -> list[Chunk]:
     out: list[Chunk] = []
     for chunk in chunks:
-        if out and type(chunk) is TextDelta and type(out[-1]) is TextDelta:
-            out[-1] = TextDelta(out[-1].text + chunk.text)
+        last = out[-1] if out else None
+        if type(chunk) is TextDelta and type(last) is TextDelta:
+            out[-1] = TextDelta(last.text + chunk.text)
+        elif type(chunk) is ReasoningDelta and type(last) is ReasoningDelta:
+            out[-1] = ReasoningDelta(last.text + chunk.text)
         else:
             out.append(chunk)
     return out
@@ -409,6 +420,8 @@ def _chunks(chunk: dict[str, Any]) -> list[Chunk]:
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta")
         if delta:
+            if reasoning := delta.get("reasoning_content"):
+                out.append(ReasoningDelta(reasoning))
             if content := delta.get("content"):
                 out.append(TextDelta(content))
             for call in delta.get("tool_calls") or ():

@@ -300,6 +300,7 @@ _FINISHED = (
         # None as SQL NULL, as a literal None in values() would be (not JSON null).
         error=bindparam("new_error", type_=JSONB(none_as_null=True)),
         citations=bindparam("new_citations", type_=JSONB()),
+        reasoning=bindparam("new_reasoning"),
     )
     .returning(Run.id, Run.conversation_id)
 )
@@ -334,6 +335,7 @@ async def finish_run(
     error: dict[str, Any] | None = None,
     citations: list[dict[str, Any]] | None = None,
     answer: str | None = None,
+    reasoning: str | None = None,
 ) -> bool:
     """Record how a run ended, with its `answer` (the last assistant message) if it has one;
     False if it had already ended (a cancel won the race)."""
@@ -343,6 +345,7 @@ async def finish_run(
         "new_completion_tokens": usage.completion_tokens,
         "new_total_tokens": usage.total_tokens, "new_first_token_at": first_token_at,
         "new_finished_at": _now(), "new_error": error, "new_citations": citations or [],
+        "new_reasoning": reasoning,
     }  # fmt: skip
     if answer is None:
         result = await session.execute(_FINISHED, params)

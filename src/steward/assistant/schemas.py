@@ -90,6 +90,9 @@ class RunRead(BaseModel):
     attempts: int
     error: dict[str, Any] | None
     citations: list[Citation] = Field(description="sources the answer cited, by `[index]`")
+    reasoning: str | None = Field(
+        default=None, description="a thinking model's reasoning before its answer (not part of it)"
+    )
     created_at: datetime
     started_at: datetime | None
     first_token_at: datetime | None

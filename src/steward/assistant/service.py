@@ -103,6 +103,7 @@ def run_read(run: Run, messages: list[Message]) -> RunRead:
         attempts=run.attempts,
         error=run.error,
         citations=[Citation.model_validate(c) for c in run.citations or []],
+        reasoning=run.reasoning,
         created_at=run.created_at,
         started_at=run.started_at,
         first_token_at=run.first_token_at,

@@ -33,6 +33,7 @@ from steward.assistant.providers import (
     Provider,
     ProviderError,
     ProviderUnavailable,
+    ReasoningDelta,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -348,6 +349,9 @@ class _Completion:
                 if isinstance(chunk, TextDelta):
                     self.completion_chars += len(chunk.text)
                     yield self._chunk({"content": chunk.text})
+                elif isinstance(chunk, ReasoningDelta):
+                    self.completion_chars += len(chunk.text)
+                    yield self._chunk({"reasoning_content": chunk.text})
                 elif isinstance(chunk, ToolCallDelta):
                     self.completion_chars += len(chunk.arguments)
                     yield self._chunk({"tool_calls": [_tool_delta(chunk)]})
@@ -371,12 +375,15 @@ class _Completion:
 
     async def whole(self, chunks: AsyncIterator[Any]) -> dict[str, Any]:
         text: list[str] = []
+        reasoning: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         finish = "stop"
         try:
             async for chunk in chunks:
                 if isinstance(chunk, TextDelta):
                     text.append(chunk.text)
+                elif isinstance(chunk, ReasoningDelta):
+                    reasoning.append(chunk.text)
                 elif isinstance(chunk, ToolCallDelta):
                     empty = {"name": "", "arguments": ""}
                     call = calls.setdefault(
@@ -390,9 +397,11 @@ class _Completion:
                 elif isinstance(chunk, Usage):
                     self.usage = chunk
         finally:
-            self.completion_chars = sum(len(t) for t in text)
+            self.completion_chars = sum(len(t) for t in (*text, *reasoning))
             await asyncio.shield(self._record())
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+        if reasoning:
+            message["reasoning_content"] = "".join(reasoning)
         if calls:
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
         return {
