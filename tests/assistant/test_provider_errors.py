@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from steward.app import create_app
-from steward.assistant.providers import ChatRequest, OpenAICompatible, ProviderError
+from steward.assistant.providers import ChatRequest, OpenAICompatible, ProviderError, TextDelta
 from steward.settings import ProviderConfig
 from tests.assistant.conftest import ServedFake, ask, assistant_settings, new_conversation
 from tests.conftest import app_client
@@ -88,6 +88,33 @@ async def untrusted_tls_server(tmp_path: Path) -> AsyncIterator[asyncio.Server]:
     server = await _serve(hold, tls=tls)
     yield server
     server.close()
+
+
+async def test_an_answer_ends_at_done_though_the_provider_keeps_the_connection_open() -> None:
+    """After `[DONE]` the rest of the body is read briefly (for the connection's reuse), not
+    waited for: an open connection with nothing more on it must not stall a finished answer."""
+    chunk = b'data: {"choices": [{"index": 0, "delta": {"content": "done"}}]}\n\ndata: [DONE]\n\n'
+
+    async def answer_and_hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%s\r\n" % (len(chunk), chunk))  # fmt: skip
+        await writer.drain()
+        await reader.read()  # the body's end never comes
+
+    server = await _serve(answer_and_hold)
+    provider = OpenAICompatible(
+        "p", ProviderConfig(base_url=f"http://127.0.0.1:{_port(server)}/v1", model="m")
+    )
+    try:
+        request = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+        async with asyncio.timeout(3):  # the read timeout (the backstop) would be 35 s
+            texts = [c.text async for c in provider.stream(request) if isinstance(c, TextDelta)]
+        assert texts == ["done"]
+    finally:
+        await provider.aclose()
+        server.close()
 
 
 async def test_a_closed_port_is_a_refused_connection_not_a_timeout() -> None:

@@ -13,6 +13,7 @@ Error tree (everything a provider raises):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import socket
 import ssl
@@ -222,6 +223,9 @@ def _is_transport_error(exc: Exception) -> bool:
     )
 
 
+_DRAIN_S = 0.25  # how long the end of a body is awaited after [DONE]
+
+
 class OpenAICompatible:
     """Any endpoint that speaks the Chat Completions API. The SDK's own retries are off:
     retrying belongs to `resilience`, which knows whether a token was already streamed."""
@@ -295,8 +299,13 @@ class OpenAICompatible:
                 else:
                     for chunk in reader.feed(b"\n\n"):  # a last event with no blank line
                         yield chunk
-                async for _ in body:  # what follows [DONE] (nothing): the connection is reused
-                    pass
+                # What follows [DONE] (normally only the body's end) is read so that the
+                # connection is reused, but not waited for: a provider that keeps the
+                # connection open after its answer must not turn it into a stalled run.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_DRAIN_S):
+                        async for _ in body:
+                            pass
             finally:
                 await response.aclose()
         except asyncio.CancelledError:

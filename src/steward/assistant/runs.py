@@ -428,8 +428,10 @@ async def _replay(
                 if not await stream.exists(run_id):
                     return  # expired (or was never written) while we waited
                 continue
-            while len(waiting) < size and not follower.queue.empty():
-                waiting = [*waiting, *follower.queue.get_nowait()]
+            if not follower.queue.empty():
+                waiting = list(waiting)  # the lists are shared by every reader: never extended
+                while len(waiting) < size and not follower.queue.empty():
+                    waiting.extend(follower.queue.get_nowait())
             fresh: list[Entry] = []
             for entry_id, event in waiting:
                 if not is_after(entry_id, after):

@@ -108,6 +108,7 @@ class RunLog:
         self._cancels: dict[uuid.UUID, asyncio.Future[None]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._append = redis.register_script(_APPEND)
+        self._expiries = {"run": self._live_ttl_s, "done": self._ttl_s}  # else left as it is
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> RunLog:
@@ -178,7 +179,7 @@ class RunLog:
         args: list[Any] = [self._maxlen]
         for run_id, event, entry_id in batch:
             keys.append(stream_key(run_id))
-            expiry = {"run": self._live_ttl_s, "done": self._ttl_s}.get(event.event, 0)
+            expiry = self._expiries.get(event.event, 0)
             args += (entry_id, event.event, orjson.dumps(event.data), expiry)
         try:
             replies = await self._append(keys=keys, args=args)
