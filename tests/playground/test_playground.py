@@ -3,12 +3,13 @@ reload, knowledge with citations, API keys; at a desktop and a phone size."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
 import httpx
 import pytest
-from playwright.async_api import Page, Request, expect
+from playwright.async_api import Page, Request, Route, expect
 
 from tests.live import LiveServer
 from tests.playground.conftest import shot
@@ -125,6 +126,36 @@ async def test_knowledge_upload_search_and_a_cited_answer(page: Page, server: Li
     await expect(answer).to_have_attribute("data-status", "done", timeout=30_000)
     await expect(answer.locator(".citations li").first).to_contain_text("Refund policy")
     assert re.search(r"\[1\]", await answer.locator(".text").inner_text())
+
+
+async def test_a_document_ready_before_its_upload_answers_is_shown_ready(
+    page: Page, server: LiveServer
+) -> None:
+    """The live `ready` event can overtake the upload's own 202 (the same text again is
+    ready at once); the older `queued` must not replace it."""
+    await sign_up(page, server)
+    await page.get_by_role("tab", name="Knowledge").click()
+    await expect(page.locator("#live")).to_have_text("live")
+    uploads: list[Route] = []
+
+    async def late(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        response = await route.fetch()
+        uploads.append(route)
+        await asyncio.sleep(2)  # meanwhile the worker makes it ready and says so live
+        await route.fulfill(response=response)
+
+    await page.route("**/api/v1/knowledge/documents", late)
+    await page.get_by_label("Title").fill("Overtaken")
+    await page.get_by_label("Text (Markdown)").fill("# Returns\n\nReturns are free.")
+    await page.get_by_role("button", name="Upload").click()
+    document = page.locator("#doc-list li", has_text="Overtaken")
+    await expect(document).to_have_attribute("data-status", "ready", timeout=30_000)
+    await page.wait_for_timeout(2500)  # the held 202 ("queued") has been applied by now
+    assert uploads
+    await expect(document).to_have_attribute("data-status", "ready")
 
 
 async def test_api_keys_are_created_shown_once_and_revoked(page: Page, server: LiveServer) -> None:

@@ -483,10 +483,13 @@ const docs = {
   },
 
   apply(document) {
-    if (document && document.id) {
-      this.items.set(document.id, { ...this.items.get(document.id), ...document });
-      this.render();
-    }
+    if (!document || !document.id) return;
+    const known = this.items.get(document.id);
+    // A live event can overtake the upload's own answer (an identical text is ready at
+    // once): an older state never replaces a newer one.
+    if (known && Date.parse(known.updated_at) > Date.parse(document.updated_at)) return;
+    this.items.set(document.id, { ...known, ...document });
+    this.render();
   },
 
   render() {
