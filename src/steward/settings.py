@@ -10,7 +10,7 @@ import enum
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,12 @@ from steward.settings_lifecycle import AccountLifecycleSettings
 
 DEFAULT_SECRET_KEY = "dev-secret-change-me-0123456789abcdef"  # noqa: S105 - the refused default
 
+# Request fields Steward itself decides; a provider's `extra_body` may not override them.
+RESERVED_BODY_KEYS = frozenset(
+    {"model", "messages", "stream", "stream_options", "tools", "tool_choice", "max_tokens",
+     "response_format", "n"}
+)  # fmt: skip
+
 
 class Environment(enum.StrEnum):
     DEV = "dev"
@@ -35,6 +41,45 @@ class Environment(enum.StrEnum):
 
 class ConfigError(RuntimeError):
     """Settings that must not be used to start the service; the message is one line."""
+
+
+class Prices(BaseModel):
+    """What a model costs, per million tokens. Cached prompt tokens (those the provider
+    reports as read from its cache) cost `cached_input`, the input price when unset; the
+    reasoning of a thinking model is output."""
+
+    model_config = {"extra": "forbid"}
+
+    input: float = Field(ge=0, le=1_000_000)
+    cached_input: float | None = Field(default=None, ge=0, le=1_000_000)
+    output: float = Field(ge=0, le=1_000_000)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+
+
+class ModelSpec(BaseModel):
+    """What one model offers, beside its provider's defaults (`ProviderConfig.per_model`)."""
+
+    model_config = {"extra": "forbid"}
+
+    context_window: int | None = Field(default=None, ge=256)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    reasoning: bool | None = None
+    tools: bool | None = None
+    images: bool | None = None
+    prices: Prices | None = None
+
+
+class ModelInfo(BaseModel):
+    """A model's row in the catalogue: its spec with the provider's defaults filled in."""
+
+    provider: str
+    model: str
+    context_window: int
+    max_output_tokens: int
+    reasoning: bool
+    tools: bool
+    images: bool
+    prices: Prices | None
 
 
 class ProviderConfig(BaseModel):
@@ -61,6 +106,45 @@ class ProviderConfig(BaseModel):
     # one the server is closing fails (uvicorn, under vLLM, closes after 5 s).
     keepalive_s: float = Field(default=4.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    # What its models offer (the catalogue: GET /v1/models, GET /api/v1/assistant/models);
+    # `per_model` overrides these for the models it names.
+    reasoning: bool = Field(default=False, description="streams reasoning before answering")
+    tools: bool = Field(default=True, description="calls tools")
+    images: bool = Field(default=False, description="takes images")
+    prices: Prices | None = None
+    per_model: dict[str, ModelSpec] = Field(default_factory=dict)
+    # Vendor parameters sent in the request body (`enable_thinking`, `thinking`, ...):
+    # `extra_body` always, and those a request may set, by name, in `extra_body_allowed`.
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    extra_body_allowed: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_models(self) -> ProviderConfig:
+        offered = {self.model, *self.models}
+        unknown = sorted(set(self.per_model) - offered)
+        if unknown:
+            raise ValueError(f"per_model names models not offered: {unknown}")
+        reserved = sorted(RESERVED_BODY_KEYS & {*self.extra_body, *self.extra_body_allowed})
+        if reserved:
+            raise ValueError(f"extra_body may not set {reserved}: Steward sets them")
+        return self
+
+    def prices_for(self, model: str) -> Prices | None:
+        own = self.per_model.get(model)
+        return own.prices if own is not None and own.prices is not None else self.prices
+
+    def spec(self, name: str, model: str) -> ModelInfo:
+        """The catalogue's row for `model` (one of this provider's)."""
+        own = self.per_model.get(model) or ModelSpec()
+        return ModelInfo(
+            provider=name, model=model,
+            context_window=own.context_window or self.context_window,
+            max_output_tokens=own.max_output_tokens or self.max_output_tokens,
+            reasoning=self.reasoning if own.reasoning is None else own.reasoning,
+            tools=self.tools if own.tools is None else own.tools,
+            images=self.images if own.images is None else own.images,
+            prices=self.prices_for(model),
+        )  # fmt: skip
 
     def resolved_key(self) -> str | None:
         if self.api_key is not None:
@@ -236,6 +320,12 @@ class Settings(BaseSettings, AccountLifecycleSettings):
     assistant_daily_tokens_per_key: int | None = Field(
         default=None, ge=1, description="an API key's tokens per UTC day"
     )
+    assistant_daily_cost_per_user: float | None = Field(
+        default=None, gt=0, description="a user's spend per UTC day, in the prices' currency"
+    )
+    assistant_daily_cost_per_key: float | None = Field(
+        default=None, gt=0, description="an API key's spend per UTC day"
+    )
     run_stream_ttl_s: int = Field(
         default=3600, ge=1, description="how long a finished run's events stay"
     )
@@ -349,6 +439,14 @@ class Settings(BaseSettings, AccountLifecycleSettings):
             name = getattr(self, field)
             if name is not None and name not in known:
                 raise ValueError(f"{field.upper()}={name!r} is not in ASSISTANT_PROVIDERS")
+        currencies = {prices.currency for prices in self._prices()}
+        if len(currencies) > 1:
+            # Costs are added up per day and held against one quota: one unit for all.
+            raise ValueError(f"ASSISTANT_PROVIDERS prices use more than one currency: "
+                             f"{sorted(currencies)}; convert them to one")  # fmt: skip
+        cost_quotas = (self.assistant_daily_cost_per_user, self.assistant_daily_cost_per_key)
+        if not currencies and any(quota is not None for quota in cost_quotas):
+            raise ValueError("a daily cost quota needs prices in ASSISTANT_PROVIDERS")
         embedder = self.embedding_provider
         if embedder is not None and embedder not in {*self.embedding_providers, "offline"}:
             raise ValueError(f"EMBEDDING_PROVIDER={embedder!r} is not in EMBEDDING_PROVIDERS")
@@ -362,6 +460,19 @@ class Settings(BaseSettings, AccountLifecycleSettings):
         if self.assistant_provider is not None:
             return self.assistant_provider
         return next(iter(self.assistant_providers), "offline")
+
+    @property
+    def currency(self) -> str | None:
+        """The currency of every configured price; None when no provider has prices."""
+        return next((prices.currency for prices in self._prices()), None)
+
+    def _prices(self) -> list[Prices]:
+        return [
+            prices
+            for config in self.assistant_providers.values()
+            for prices in (config.prices, *(spec.prices for spec in config.per_model.values()))
+            if prices is not None
+        ]
 
     @property
     def default_embedder(self) -> str:

@@ -44,7 +44,9 @@ async def test_json_reply_records_the_run_and_the_providers_usage(
     run = body["run"]
     assert run["status"] == "succeeded"
     assert (run["provider"], run["model"], run["offline"]) == ("fake", MODEL, False)
-    assert run["usage"] == {"prompt_tokens": 17, "completion_tokens": 4, "total_tokens": 21}
+    assert run["usage"] == {"prompt_tokens": 17, "completion_tokens": 4, "total_tokens": 21,
+                            "cached_tokens": 0, "reasoning_tokens": 0,
+                            "cost": None, "currency": None}  # no prices configured  # fmt: skip
     assert run["message"]["content"] == "Four words of reply"
     assert run["prompt_version"] == 0
     assert run["first_token_at"] is not None

@@ -24,7 +24,12 @@ def _data(delta: dict[str, object], finish: str | None = None) -> bytes:
 
 def _feed(*reads: bytes) -> tuple[list[list[object]], _EventReader]:
     reader = _EventReader("fake")
-    return [list(reader.feed(read)) for read in reads], reader
+    out = []
+    for read in reads:
+        out.append(list(reader.feed(read)))
+        if reader.error is not None:  # as the provider's stream() does
+            raise reader.error
+    return out, reader
 
 
 def test_text_of_one_read_is_merged_and_reads_stay_apart() -> None:
@@ -81,7 +86,7 @@ def test_tool_calls_usage_and_finish_keep_their_order() -> None:
         (b"data: {not json\n\n", "could not be read"),
         (b"data: [1, 2]\n\n", "not an object"),
         (b'data: {"error": {"message": "quota exceeded", "code": "Throttling"}}\n\n',
-         "mid-reply: quota exceeded"),
+         r"mid-reply \(Throttling\): quota exceeded"),
         (b'event: error\ndata: {"message": "overloaded"}\n\n', "mid-reply"),
     ],
 )  # fmt: skip
@@ -89,6 +94,15 @@ def test_unreadable_or_error_events_fail_the_reply(body: bytes, words: str) -> N
     with pytest.raises(ProviderError, match=words) as caught:
         _feed(body)
     assert caught.value.cause == "reply"
+
+
+def test_what_came_before_an_error_event_is_kept() -> None:
+    reader = _EventReader("fake")
+    error = b'data: {"error": {"message": "cut", "code": "InternalError.Algo"}}\n\n'
+    chunks = reader.feed(_data({"content": "partial"}) + b"\n\n" + error)
+    assert chunks == [TextDelta("partial")]
+    assert reader.error is not None and reader.error.code == "InternalError.Algo"
+    assert reader.done
 
 
 def test_an_endless_event_is_refused_before_it_fills_memory() -> None:

@@ -12,6 +12,17 @@ Tests queue scripted behaviours with `FakeOpenAI.script(...)`, one per request, 
     Script(malformed=True)                      a chunk that is not JSON
     Script(text="Hi", reasoning="Let me think") reasoning_content deltas, then the answer
                                                 (DeepSeek-R1, Qwen3 thinking, Doubao thinking)
+    Script(dialect="dashscope", status=429, code="Throttling.RateQuota")
+                                                an error body as that provider shapes it
+    Script(cached_tokens=12)                    usage reports 12 prompt tokens from cache
+    Script(mid_error="InternalError.Algo")      tokens, then an error event in the stream
+
+Dialects (`DIALECTS`) follow the providers' published formats: `openai` (and vLLM),
+`dashscope` (Qwen, compatible mode), `ark` (Volcano Ark / Doubao) and `deepseek`. They
+differ in their error bodies (DashScope adds `request_id`, Ark's `type` is a category) and
+in how usage reports cached prompt tokens (DeepSeek: `prompt_cache_hit_tokens`; the others:
+`prompt_tokens_details.cached_tokens`); reasoning tokens are
+`completion_tokens_details.reasoning_tokens` in all four.
 
 Every request is recorded (`requests`) so tests can check what the provider was sent, and
 the fake's own time to first token for each streamed reply (`first_token_s`, keyed by the
@@ -57,6 +68,10 @@ class Script:
     delay_s: float | None = None
     usage: tuple[int, int] | None = None  # (prompt, completion) to report instead of counting
     reasoning: str | None = None  # streamed word by word as `reasoning_content` first
+    dialect: str = "openai"
+    code: str | None = None  # the error body's code (with `status` or `mid_error`)
+    cached_tokens: int = 0
+    mid_error: str | None = None  # after the text, an error event with this code
 
 
 class _Cut(Exception):
@@ -138,19 +153,19 @@ class FakeOpenAI:
             headers = {}
             if script.retry_after is not None:
                 headers["retry-after"] = f"{script.retry_after:g}"
-            error = {"error": {"message": f"scripted {script.status}", "type": "fake",
-                               "code": None, "param": None}}  # fmt: skip
+            error = error_body(script.dialect, script.status, script.code)
             return JSONResponse(error, status_code=script.status, headers=headers)
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in body["messages"])
         words = (script.text if script.text is not None else self.reply).split(" ")
         tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
         if script.tool_calls:
             tokens = []
-        completion_tokens = len(tokens) + 5 * len(script.tool_calls)
+        reasoning_tokens = len((script.reasoning or "").split())
+        completion_tokens = len(tokens) + 5 * len(script.tool_calls) + reasoning_tokens
         if script.usage is not None:
             prompt_tokens, completion_tokens = script.usage
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        usage = usage_body(script.dialect, prompt_tokens, completion_tokens,
+                           cached=script.cached_tokens, reasoning=reasoning_tokens)  # fmt: skip
         created = int(time.time())
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens) or None}
@@ -212,6 +227,10 @@ class FakeOpenAI:
                                              "type": "function", "function": head}]})  # fmt: skip
                 tail = {"arguments": arguments[half:]}
                 yield chunk({"tool_calls": [{"index": index, "function": tail}]})
+            if script.mid_error is not None:
+                error = error_body(script.dialect, 500, script.mid_error)
+                yield b"data: " + orjson.dumps(error) + b"\n\n"
+                return
             yield chunk({}, "tool_calls" if script.tool_calls else "stop")
             if include_usage:
                 final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
@@ -221,6 +240,41 @@ class FakeOpenAI:
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+DIALECTS = ("openai", "dashscope", "ark", "deepseek")
+
+
+def error_body(dialect: str, status: int, code: str | None) -> dict[str, Any]:
+    """An error response's body as `dialect`'s provider sends it."""
+    message = f"scripted {status}"
+    if dialect == "dashscope":
+        # {"error": {"code", "param", "message", "type"}, "id", "request_id"}; type = code
+        return {"error": {"code": code, "param": None, "message": message, "type": code},
+                "id": "chatcmpl-fake", "request_id": "fake-request-id"}  # fmt: skip
+    if dialect == "ark":
+        # type is a category (TooManyRequests, BadRequest, ...), param a string
+        kind = {429: "TooManyRequests", 400: "BadRequest", 403: "Forbidden"}.get(
+            status, "InternalServiceError"
+        )
+        return {"error": {"code": code, "message": message, "param": "", "type": kind}}
+    return {"error": {"message": message, "type": "invalid_request_error" if status < 500
+                      else "server_error", "param": None, "code": code}}  # fmt: skip
+
+
+def usage_body(
+    dialect: str, prompt: int, completion: int, *, cached: int, reasoning: int
+) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt, "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }  # fmt: skip
+    if dialect == "deepseek":
+        usage |= {"prompt_cache_hit_tokens": cached, "prompt_cache_miss_tokens": prompt - cached}
+    else:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
 
@@ -37,7 +38,7 @@ from steward.assistant.providers import (
 )
 from steward.assistant.resilience import Providers
 from steward.assistant.streams import RunEvent, RunLog
-from steward.assistant.usage import UsageMeter
+from steward.assistant.usage import UsageMeter, cost, usage_json
 from steward.platform import tracing
 from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
@@ -84,6 +85,8 @@ def _problem(exc: ProviderError | TimeoutError | Exception) -> dict[str, Any]:
     }
     if cause is not None:
         problem["cause"] = cause
+    if isinstance(exc, ProviderError) and exc.code is not None:
+        problem["provider_code"] = exc.code
     return problem
 
 
@@ -99,14 +102,6 @@ class _Round:
         if delta.name:
             call["name"] = delta.name
         call["arguments"] += delta.arguments
-
-
-def _add(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-        completion_tokens=a.completion_tokens + b.completion_tokens,
-        total_tokens=a.total_tokens + b.total_tokens,
-    )
 
 
 class Execution:
@@ -128,6 +123,7 @@ class Execution:
         # The answer's last message is stored with the run's end, in one transaction.
         self.final_text: str | None = None
         self.usage = Usage(0, 0, 0)
+        self.cost: Decimal | None = None  # None: no prices for the models that answered
         self.first_token_at: datetime | None = None
         self.status: RunStatus | None = None
         # While a reply streams: when it counts as stalled unless a chunk arrives (loop
@@ -203,11 +199,7 @@ class Execution:
         if error is not None:
             self.status = RunStatus.FAILED
             yield RunEvent("error", error)
-        yield RunEvent("usage", {
-            "prompt_tokens": self.usage.prompt_tokens,
-            "completion_tokens": self.usage.completion_tokens,
-            "total_tokens": self.usage.total_tokens,
-        })  # fmt: skip
+        yield RunEvent("usage", usage_json(self.usage, self.cost, self.resources.settings.currency))
         assert self.status is not None
         status = await asyncio.shield(self.close(self.status, error))
         yield RunEvent("done", {"run_id": str(plan.run_id), "status": status.value})
@@ -275,7 +267,10 @@ class Execution:
                         traced.first_token()
                         current.add_call(chunk)
                     elif isinstance(chunk, Usage):
-                        self.usage = _add(self.usage, chunk)
+                        self.usage += chunk
+                        spent = cost(chunk, opened.provider.config.prices_for(opened.model))
+                        if spent is not None:  # at the prices of whoever answered
+                            self.cost = spent if self.cost is None else self.cost + spent
                         traced.usage(chunk.prompt_tokens, chunk.completion_tokens)
                     elif isinstance(chunk, Finish) and chunk.reason == "length":
                         log.info("assistant.reply_truncated", run_id=str(plan.run_id))
@@ -339,6 +334,7 @@ class Execution:
             async with self.resources.transaction() as session:
                 won = await repository.finish_run(
                     session, run_id=self.plan.run_id, status=status, usage=self.usage,
+                    cost=self.cost, currency=self.resources.settings.currency,
                     first_token_at=self.first_token_at, error=error, citations=self.citations,
                     answer=answer, reasoning="".join(self.reasoning) or None,
                 )  # fmt: skip
@@ -352,8 +348,9 @@ class Execution:
             # "running". Batched with other runs ending now (see usage.UsageMeter).
             try:
                 await self.resources.get(UsageMeter).record(
-                    user_id=self.plan.user_id, api_key_id=self.plan.api_key_id, usage=self.usage
-                )
+                    user_id=self.plan.user_id, api_key_id=self.plan.api_key_id,
+                    usage=self.usage, cost=self.cost,
+                )  # fmt: skip
             except Exception:  # the run is recorded; the log must say its tokens were not
                 log.exception("assistant.usage_not_recorded", run_id=str(self.plan.run_id))
         RUNS.labels(self.plan.provider, status.value).inc()

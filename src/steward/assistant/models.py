@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -96,6 +98,10 @@ class Run(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     total_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    cached_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    cost: Mapped[Decimal | None] = mapped_column(Numeric(24, 10))  # None: no prices set
+    currency: Mapped[str | None] = mapped_column(String(3))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # The sources the answer cited (knowledge search results), as its `citation` events.
@@ -156,6 +162,10 @@ class UsageDay(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     total_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # In the currency of the configured prices (one for all: settings); 0 without prices.
+    cost: Mapped[Decimal] = mapped_column(Numeric(24, 10), server_default="0")
 
     __table_args__ = (
         Index(

@@ -31,7 +31,10 @@ from steward.settings import ProviderConfig
 class ProviderError(Exception):
     """`cause` names what went wrong, for clients and operators alike: `connection_refused`,
     `dns`, `tls`, `timeout`, `connection` (other transport failures), `status` (the provider
-    answered an error), `reply` (it answered something unreadable), or None."""
+    answered an error), `quota` (it refused because the account's balance or quota is
+    spent: retrying cannot help), `content_filter` (its moderation refused the text),
+    `reply` (it answered something unreadable), or None. `code` is the provider's own error
+    code when it sent one (`Throttling.RateQuota`, `insufficient_quota`, ...)."""
 
     kind = "provider_error"
 
@@ -43,18 +46,20 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         cause: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.provider = provider
         self.status = status
         self.retry_after = retry_after
         self.cause = cause
+        self.code = code
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Picklable with its keyword-only arguments (see knowledge.embedders.EmbeddingError).
         rebuild = functools.partial(type(self), str(self), provider=self.provider,
                                     status=self.status, retry_after=self.retry_after,
-                                    cause=self.cause)  # fmt: skip
+                                    cause=self.cause, code=self.code)  # fmt: skip
         return rebuild, ()
 
 
@@ -99,9 +104,23 @@ class ToolCallDelta:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one call. `cached_tokens` are part of `prompt_tokens` (read from the
+    provider's prompt cache), `reasoning_tokens` part of `completion_tokens`."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.total_tokens + other.total_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +179,13 @@ def translate(exc: Exception, provider: str, *, endpoint: str = "") -> ProviderE
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retry_after = _retry_after(exc.response.headers)
-        message = f"{provider} answered HTTP {status}"
-        if status == 429 or status >= 500 or status == 408:
+        code = _code(exc.code)
+        message = f"{provider} answered HTTP {status}" + (f" ({code})" if code else "")
+        cause = _vendor_cause(status, code)
+        if cause == "status" and (status == 429 or status >= 500 or status == 408):
             return ProviderUnavailable(message, provider=provider, status=status,
-                                       retry_after=retry_after, cause="status")  # fmt: skip
-        return ProviderRejected(message, provider=provider, status=status, cause="status")
+                                       retry_after=retry_after, cause=cause, code=code)  # fmt: skip
+        return ProviderRejected(message, provider=provider, status=status, cause=cause, code=code)
     transport = _transport_cause(exc)
     if transport is not None:
         cause, what = transport
@@ -173,6 +194,38 @@ def translate(exc: Exception, provider: str, *, endpoint: str = "") -> ProviderE
     # Malformed chunks and anything else the SDK raises mid-stream.
     return ProviderError(f"{provider} sent a reply that could not be read", provider=provider,
                          cause="reply")  # fmt: skip
+
+
+# Provider error codes that mean the account cannot be served until someone pays or raises
+# a limit: a 429 with one of these is not a rate limit, and retrying it only adds load.
+# OpenAI and DeepSeek (`insufficient_quota`; DeepSeek also answers 402), DashScope
+# (`Arrearage`, `AllocationQuota.FreeTierOnly`), Volcano Ark (`QuotaExceeded`,
+# `AccountOverdueError`, `AccessDenied`).
+_SPENT = frozenset({
+    "insufficient_quota", "arrearage", "allocationquota.freetieronly", "quotaexceeded",
+    "accountoverdueerror", "accessdenied", "billing_hard_limit_reached",
+})  # fmt: skip
+# Moderation refusals: DashScope's `DataInspectionFailed`, Ark's `*SensitiveContentDetected`,
+# OpenAI's `content_policy_violation` / `content_filter`.
+_FILTERED = ("datainspectionfailed", "sensitivecontentdetected", "content_policy", "content_filter")
+
+
+def _code(raw: object) -> str | None:
+    """The provider's error code, as shown to clients: a short printable token or nothing."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str) or not raw or len(raw) > 80 or not raw.isprintable():
+        return None
+    return raw
+
+
+def _vendor_cause(status: int, code: str | None) -> str:
+    lowered = (code or "").lower()
+    if status == 402 or lowered in _SPENT:
+        return "quota"
+    if any(marker in lowered for marker in _FILTERED):
+        return "content_filter"
+    return "status"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -294,6 +347,8 @@ class OpenAICompatible:
                 async for data in body:
                     for chunk in reader.feed(data):
                         yield chunk
+                    if reader.error is not None:
+                        raise reader.error
                     if reader.done:
                         break
                 else:
@@ -329,7 +384,7 @@ class _EventReader:
     unknown fields ignored, a `[DONE]` data ending the reply, an `error` (event or field)
     failing it."""
 
-    __slots__ = ("_buffer", "_held", "_provider", "done")
+    __slots__ = ("_buffer", "_held", "_provider", "done", "error")
 
     MAX_EVENT = 4 << 20  # bytes of one event: a provider must not grow our memory unbounded
 
@@ -340,6 +395,8 @@ class _EventReader:
         self._held = False  # a CR ended the last read: maybe half of a CRLF
         self._provider = provider
         self.done = False
+        # An error event: raised by the caller once what came before it is passed on.
+        self.error: ProviderError | None = None
 
     def feed(self, data: bytes) -> list[Chunk]:
         """The chunks of every event that `data` completes."""
@@ -376,7 +433,8 @@ class _EventReader:
                 raise ProviderError(f"{self._provider} sent a chunk that is not an object",
                                     provider=self._provider, cause="reply")  # fmt: skip
             if name == b"error" or message.get("error"):
-                raise _stream_error(self._provider, message)
+                self.error, self.done = _stream_error(self._provider, message), True
+                break
             out.extend(_chunks(message))
         return _merged(out) if len(out) > 1 else out
 
@@ -404,9 +462,12 @@ def _stream_error(provider: str, message: dict[str, Any]) -> ProviderError:
     """An error the provider sent in place of a chunk, after its 200."""
     error = message.get("error")
     detail = error.get("message") if isinstance(error, dict) else error
+    code = _code(error.get("code")) if isinstance(error, dict) else None
     words = f": {str(detail)[:200]}" if detail else ""
-    return ProviderError(f"{provider} sent an error mid-reply{words}", provider=provider,
-                         cause="reply")  # fmt: skip
+    named = f" ({code})" if code else ""
+    cause = "reply" if code is None else _vendor_cause(200, code).replace("status", "reply")
+    return ProviderError(f"{provider} sent an error mid-reply{named}{words}", provider=provider,
+                         cause=cause, code=code)  # fmt: skip
 
 
 def _merged(chunks: list[Chunk]) -> list[Chunk]:
@@ -446,11 +507,30 @@ def _chunks(chunk: dict[str, Any]) -> list[Chunk]:
         if reason := choice.get("finish_reason"):
             out.append(Finish(reason))
     if usage := chunk.get("usage"):
-        out.append(
-            Usage(
-                prompt_tokens=usage.get("prompt_tokens") or 0,
-                completion_tokens=usage.get("completion_tokens") or 0,
-                total_tokens=usage.get("total_tokens") or 0,
-            )
-        )
+        out.append(usage_of(usage))
     return out
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def usage_of(usage: dict[str, Any]) -> Usage:
+    """A reply's `usage` object in any of the dialects: OpenAI's, DashScope's and Ark's
+    `prompt_tokens_details.cached_tokens` / `completion_tokens_details.reasoning_tokens`,
+    DeepSeek's `prompt_cache_hit_tokens`. Counts that are not whole numbers count 0."""
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    cached = _count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0
+    prompt_tokens = _count(usage.get("prompt_tokens"))
+    completion_tokens = _count(usage.get("completion_tokens"))
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=_count(usage.get("total_tokens")) or prompt_tokens + completion_tokens,
+        cached_tokens=min(prompt_tokens, cached or _count(usage.get("prompt_cache_hit_tokens"))),
+        reasoning_tokens=min(
+            completion_tokens,
+            _count(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0,
+        ),
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -32,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from steward.accounts.models import User
 from steward.assistant import prompts
 from steward.assistant.models import Conversation, Message, Run, RunStatus, UsageDay
 from steward.assistant.plan import Plan
@@ -295,6 +297,10 @@ _FINISHED = (
         prompt_tokens=bindparam("new_prompt_tokens"),
         completion_tokens=bindparam("new_completion_tokens"),
         total_tokens=bindparam("new_total_tokens"),
+        cached_tokens=bindparam("new_cached_tokens"),
+        reasoning_tokens=bindparam("new_reasoning_tokens"),
+        cost=bindparam("new_cost"),
+        currency=bindparam("new_currency"),
         first_token_at=bindparam("new_first_token_at"),
         finished_at=bindparam("new_finished_at"),
         # None as SQL NULL, as a literal None in values() would be (not JSON null).
@@ -331,6 +337,8 @@ async def finish_run(
     run_id: uuid.UUID,
     status: RunStatus,
     usage: Usage,
+    cost: Decimal | None = None,
+    currency: str | None = None,
     first_token_at: datetime | None = None,
     error: dict[str, Any] | None = None,
     citations: list[dict[str, Any]] | None = None,
@@ -344,6 +352,8 @@ async def finish_run(
         "new_prompt_tokens": usage.prompt_tokens,
         "new_completion_tokens": usage.completion_tokens,
         "new_total_tokens": usage.total_tokens, "new_first_token_at": first_token_at,
+        "new_cached_tokens": usage.cached_tokens, "new_reasoning_tokens": usage.reasoning_tokens,
+        "new_cost": cost, "new_currency": None if cost is None else currency,
         "new_finished_at": _now(), "new_error": error, "new_citations": citations or [],
         "new_reasoning": reasoning,
     }  # fmt: skip
@@ -372,14 +382,14 @@ async def run_messages(session: AsyncSession, *, run: Run) -> list[Message]:
 
 async def spent_today(
     session: AsyncSession, *, user_id: uuid.UUID, day: date
-) -> list[tuple[uuid.UUID | None, int]]:
-    """(API key or None, total tokens) rows of the user's usage on `day`."""
+) -> list[tuple[uuid.UUID | None, int, Decimal]]:
+    """(API key or None, total tokens, cost) rows of the user's usage on `day`."""
     rows = await session.execute(
-        select(UsageDay.api_key_id, UsageDay.total_tokens).where(
+        select(UsageDay.api_key_id, UsageDay.total_tokens, UsageDay.cost).where(
             UsageDay.day == day, UsageDay.user_id == user_id
         )
     )
-    return [(key, int(total)) for key, total in rows.all()]
+    return [(key, int(total), Decimal(cost)) for key, total, cost in rows.all()]
 
 
 async def usage_days(session: AsyncSession, *, user_id: uuid.UUID, since: date) -> list[UsageDay]:
@@ -389,3 +399,38 @@ async def usage_days(session: AsyncSession, *, user_id: uuid.UUID, since: date) 
         .order_by(UsageDay.day.desc(), UsageDay.api_key_id.nulls_first())
     )
     return list((await session.execute(query)).scalars())
+
+
+_COUNTS = (
+    func.sum(UsageDay.requests).label("requests"),
+    func.sum(UsageDay.prompt_tokens).label("prompt_tokens"),
+    func.sum(UsageDay.completion_tokens).label("completion_tokens"),
+    func.sum(UsageDay.total_tokens).label("total_tokens"),
+    func.sum(UsageDay.cached_tokens).label("cached_tokens"),
+    func.sum(UsageDay.reasoning_tokens).label("reasoning_tokens"),
+    func.sum(UsageDay.cost).label("cost"),
+)
+
+
+async def usage_totals(session: AsyncSession, *, since: date) -> list[dict[str, Any]]:
+    """Every user's usage added up per day since `since`, newest day first."""
+    query = (
+        select(UsageDay.day, func.count(func.distinct(UsageDay.user_id)).label("users"), *_COUNTS)
+        .where(UsageDay.day >= since)
+        .group_by(UsageDay.day)
+        .order_by(UsageDay.day.desc())
+    )
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+async def usage_by_user(session: AsyncSession, *, since: date, limit: int) -> list[dict[str, Any]]:
+    """Usage per day and user (their keys together), newest day first, then most tokens."""
+    query = (
+        select(UsageDay.day, UsageDay.user_id, User.email, *_COUNTS)
+        .join(User, User.id == UsageDay.user_id)
+        .where(UsageDay.day >= since)
+        .group_by(UsageDay.day, UsageDay.user_id, User.email)
+        .order_by(UsageDay.day.desc(), func.sum(UsageDay.total_tokens).desc(), UsageDay.user_id)
+        .limit(limit)
+    )
+    return [dict(row) for row in (await session.execute(query)).mappings()]

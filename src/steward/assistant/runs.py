@@ -150,9 +150,7 @@ async def _plan(
         resources.get(Providers), name=message.provider, model=message.model
     )
     await service.check_quota(
-        session, user_id=sender.user_id, api_key_id=sender.api_key_id,
-        per_user=settings.assistant_daily_tokens_per_user,
-        per_key=settings.assistant_daily_tokens_per_key,
+        session, settings, user_id=sender.user_id, api_key_id=sender.api_key_id
     )  # fmt: skip
     prompt = await prompts.active(
         session, name=settings.assistant_prompt_name, cache=resources.cache

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steward.platform.inputs import Text
 
@@ -64,6 +65,12 @@ class UsageRead(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = Field(default=0, description="of the prompt's, read from the "
+                               "provider's cache (as the provider reports them)")  # fmt: skip
+    reasoning_tokens: int = Field(default=0, description="of the completion's, spent reasoning")
+    cost: float | None = Field(default=None, description="at the model's configured prices; "
+                               "null: no prices configured")  # fmt: skip
+    currency: str | None = None
 
 
 class Citation(BaseModel):
@@ -133,22 +140,60 @@ class PromptRead(BaseModel):
     created_at: datetime
 
 
-class UsageDayRead(BaseModel):
+class UsageCounts(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    day: date
-    api_key_id: uuid.UUID | None = Field(description="null: used while signed in, not by a key")
     requests: int
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = Field(description="of the prompt tokens, read from the provider's cache")
+    reasoning_tokens: int = Field(description="of the completion tokens, spent reasoning")
+    cost: float = Field(description="at the configured prices; 0 where none are set")
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _decimal(cls, value: object) -> object:
+        return float(value) if isinstance(value, Decimal) else value
+
+
+class UsageDayRead(UsageCounts):
+    day: date
+    api_key_id: uuid.UUID | None = Field(description="null: used while signed in, not by a key")
 
 
 class UsageReport(BaseModel):
     items: list[UsageDayRead] = Field(description="per day and API key, newest day first")
+    currency: str | None = Field(description="of every cost; null: no prices configured")
     today_total_tokens: int
-    daily_quota_per_user: int | None
+    today_cost: float
+    daily_quota_per_user: int | None = Field(description="tokens per UTC day; null: no quota")
     daily_quota_per_key: int | None
     remaining_today: int | None = Field(
         description="tokens left today for the user; null: no quota"
+    )
+    daily_cost_quota_per_user: float | None = Field(description="spend per UTC day; null: none")
+    daily_cost_quota_per_key: float | None
+    remaining_cost_today: float | None = Field(
+        description="spend left today for the user; null: no cost quota"
+    )
+
+
+class UserUsageRead(UsageCounts):
+    day: date
+    user_id: uuid.UUID
+    email: str
+
+
+class UsageDayTotal(UsageCounts):
+    day: date
+    users: int = Field(description="users who used the assistant that day")
+
+
+class AdminUsageReport(BaseModel):
+    currency: str | None = Field(description="of every cost; null: no prices configured")
+    days: list[UsageDayTotal] = Field(description="every user together, newest day first")
+    users: list[UserUsageRead] = Field(
+        description="per day and user (API keys together), newest day first, then the most "
+        "tokens; at most `limit` rows"
     )

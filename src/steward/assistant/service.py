@@ -4,7 +4,9 @@ a run's lifecycle (that is `runs.py`)."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +16,7 @@ from steward.assistant.models import Conversation, Message, Run, UsageDay
 from steward.assistant.schemas import Citation, MessageRead, RunRead, UsageRead
 from steward.platform.errors import NotFound, QuotaExceeded
 from steward.platform.pagination import newest_first
+from steward.settings import Settings
 
 
 def _now() -> datetime:
@@ -99,6 +102,10 @@ def run_read(run: Run, messages: list[Message]) -> RunRead:
             prompt_tokens=run.prompt_tokens,
             completion_tokens=run.completion_tokens,
             total_tokens=run.total_tokens,
+            cached_tokens=run.cached_tokens,
+            reasoning_tokens=run.reasoning_tokens,
+            cost=None if run.cost is None else float(run.cost),
+            currency=run.currency,
         ),
         attempts=run.attempts,
         error=run.error,
@@ -119,33 +126,65 @@ def _today() -> date:
     return _now().date()
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What a user, and one of their keys, used today."""
+
+    user_tokens: int
+    user_cost: Decimal
+    key_tokens: int
+    key_cost: Decimal
+
+
+async def spent_today(
+    session: AsyncSession, *, user_id: uuid.UUID, api_key_id: uuid.UUID | None
+) -> Spent:
+    rows = await repository.spent_today(session, user_id=user_id, day=_today())
+    mine = [(tokens, cost) for key, tokens, cost in rows if key is not None and key == api_key_id]
+    return Spent(
+        user_tokens=sum(tokens for _, tokens, _ in rows),
+        user_cost=sum((cost for _, _, cost in rows), Decimal(0)),
+        key_tokens=sum(tokens for tokens, _ in mine),
+        key_cost=sum((cost for _, cost in mine), Decimal(0)),
+    )
+
+
 async def check_quota(
     session: AsyncSession,
+    settings: Settings,
     *,
     user_id: uuid.UUID,
     api_key_id: uuid.UUID | None,
-    per_user: int | None,
-    per_key: int | None,
 ) -> None:
-    """Refuse, before any provider call, a caller whose daily token quota is spent."""
-    if per_user is None and (per_key is None or api_key_id is None):
+    """Refuse, before any provider call, a caller whose daily token or cost quota is spent."""
+    keyed = api_key_id is not None
+    user_quotas = (settings.assistant_daily_tokens_per_user, settings.assistant_daily_cost_per_user)
+    key_quotas = (settings.assistant_daily_tokens_per_key, settings.assistant_daily_cost_per_key)
+    if all(q is None for q in user_quotas) and (not keyed or all(q is None for q in key_quotas)):
         return
-    rows = await repository.spent_today(session, user_id=user_id, day=_today())
-    spent_user = sum(total for _, total in rows)
-    spent_key = sum(total for key, total in rows if key is not None and key == api_key_id)
+    spent = await spent_today(session, user_id=user_id, api_key_id=api_key_id)
     now = _now()
     midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
     retry_after = max(1, int((midnight - now).total_seconds()))
-    if per_user is not None and spent_user >= per_user:
-        raise QuotaExceeded(
-            f"daily token quota of {per_user} used up; it resets at 00:00 UTC",
-            retry_after=retry_after,
-        )
-    if per_key is not None and api_key_id is not None and spent_key >= per_key:
-        raise QuotaExceeded(
-            f"this API key's daily token quota of {per_key} is used up; it resets at 00:00 UTC",
-            retry_after=retry_after,
-        )
+    currency = settings.currency or ""
+    checks: list[tuple[float | None, int | Decimal, str]] = [
+        (settings.assistant_daily_tokens_per_user, spent.user_tokens, "daily token quota of {}"),
+        (settings.assistant_daily_cost_per_user, spent.user_cost,
+         f"daily spending quota of {{}} {currency}"),
+    ]  # fmt: skip
+    if keyed:
+        checks += [
+            (settings.assistant_daily_tokens_per_key, spent.key_tokens,
+             "this API key's daily token quota of {}"),
+            (settings.assistant_daily_cost_per_key, spent.key_cost,
+             f"this API key's daily spending quota of {{}} {currency}"),
+        ]  # fmt: skip
+    for quota, used, words in checks:
+        if quota is not None and used >= Decimal(str(quota)):
+            raise QuotaExceeded(
+                f"{words.format(quota).rstrip()} is used up; it resets at 00:00 UTC",
+                retry_after=retry_after,
+            )
 
 
 async def usage_days(session: AsyncSession, *, user_id: uuid.UUID, days: int) -> list[UsageDay]:

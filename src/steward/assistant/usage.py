@@ -1,5 +1,5 @@
-"""Daily token counters (`usage_days`): one row per day, user and API key, added to by every
-run and gateway call, written in batches.
+"""Daily token and cost counters (`usage_days`): one row per day, user and API key, added to
+by every run and gateway call, written in batches; what a call costs at its model's prices.
 
 Every call of one user (or key) adds to the same row, so a write per call made calls that
 ended together queue on that row's lock, each holding a pooled connection: at 1,000 streams
@@ -18,6 +18,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,10 +27,41 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from steward.assistant.models import UsageDay
 from steward.assistant.providers import Usage
 from steward.platform.resources import provide
+from steward.settings import Prices
 
 
 def today() -> date:
     return datetime.now(UTC).date()
+
+
+_MILLION = Decimal(1_000_000)
+
+
+def cost(usage: Usage, prices: Prices | None) -> Decimal | None:
+    """What `usage` cost at `prices` (per million tokens); None without prices. Decimal, so
+    that a day's many small costs add up exactly."""
+    if prices is None:
+        return None
+    cached_price = prices.input if prices.cached_input is None else prices.cached_input
+    total = (
+        (usage.prompt_tokens - usage.cached_tokens) * Decimal(str(prices.input))
+        + usage.cached_tokens * Decimal(str(cached_price))
+        + usage.completion_tokens * Decimal(str(prices.output))
+    )
+    return total / _MILLION
+
+
+def usage_json(usage: Usage, spent: Decimal | None, currency: str | None) -> dict[str, Any]:
+    """A run's `usage` event and `RunRead.usage`: tokens, and cost where prices are set."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost": None if spent is None else float(spent),
+        "currency": None if spent is None else currency,
+    }
 
 
 @dataclass(slots=True)
@@ -37,12 +70,19 @@ class Counts:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal = Decimal(0)
 
-    def add(self, usage: Usage) -> None:
+    def add(self, usage: Usage, spent: Decimal | None) -> None:
         self.requests += 1
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.total_tokens += usage.total_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.reasoning_tokens += usage.reasoning_tokens
+        if spent is not None:
+            self.cost += spent
 
 
 Row = tuple[date, uuid.UUID, uuid.UUID | None]  # (day, user, API key)
@@ -58,6 +98,9 @@ def _add_counts() -> Insert:
             "prompt_tokens": UsageDay.prompt_tokens + excluded.prompt_tokens,
             "completion_tokens": UsageDay.completion_tokens + excluded.completion_tokens,
             "total_tokens": UsageDay.total_tokens + excluded.total_tokens,
+            "cached_tokens": UsageDay.cached_tokens + excluded.cached_tokens,
+            "reasoning_tokens": UsageDay.reasoning_tokens + excluded.reasoning_tokens,
+            "cost": UsageDay.cost + excluded.cost,
         },
     )
 
@@ -74,6 +117,8 @@ async def add_counts(session: AsyncSession, row: Row, counts: Counts) -> None:
         "day": day, "user_id": user_id, "api_key_id": api_key_id,
         "requests": counts.requests, "prompt_tokens": counts.prompt_tokens,
         "completion_tokens": counts.completion_tokens, "total_tokens": counts.total_tokens,
+        "cached_tokens": counts.cached_tokens, "reasoning_tokens": counts.reasoning_tokens,
+        "cost": counts.cost,
     })  # fmt: skip
 
 
@@ -89,11 +134,17 @@ class UsageMeter:
         self._writer: asyncio.Task[None] | None = None
 
     async def record(
-        self, *, user_id: uuid.UUID, api_key_id: uuid.UUID | None, usage: Usage
+        self,
+        *,
+        user_id: uuid.UUID,
+        api_key_id: uuid.UUID | None,
+        usage: Usage,
+        cost: Decimal | None = None,
     ) -> None:
-        """Add one call's tokens; returns once they are stored, raises if they could not be."""
+        """Add one call's tokens and cost; returns once they are stored, raises if they
+        could not be."""
         loop = asyncio.get_running_loop()
-        self._pending.setdefault((today(), user_id, api_key_id), Counts()).add(usage)
+        self._pending.setdefault((today(), user_id, api_key_id), Counts()).add(usage, cost)
         if self._written is None:
             self._written = loop.create_future()
         written = self._written

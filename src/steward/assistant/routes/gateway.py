@@ -39,7 +39,7 @@ from steward.assistant.providers import (
     Usage,
 )
 from steward.assistant.resilience import Providers
-from steward.assistant.usage import UsageMeter
+from steward.assistant.usage import UsageMeter, cost
 from steward.knowledge.chunking import count_tokens
 from steward.knowledge.embedders import EmbeddingError
 from steward.knowledge.service import Knowledge
@@ -56,6 +56,7 @@ from steward.platform.inputs import Int32, Int64, Text
 from steward.platform.openapi import ERROR_SHAPE
 from steward.platform.resources import Resources
 from steward.platform.streaming import sse_response
+from steward.settings import Prices
 
 log = structlog.get_logger(__name__)
 
@@ -290,9 +291,7 @@ async def chat_completions(
     # recorded in another when it ends).
     async with resources.transaction() as session:
         await service.check_quota(
-            session, user_id=principal.user_id, api_key_id=principal.api_key_id,
-            per_user=settings.assistant_daily_tokens_per_user,
-            per_key=settings.assistant_daily_tokens_per_key,
+            session, settings, user_id=principal.user_id, api_key_id=principal.api_key_id
         )  # fmt: skip
     options = body.model_dump(
         include={"tool_choice", "temperature", "top_p", "stop", "seed"}, exclude_none=True
@@ -307,7 +306,8 @@ async def chat_completions(
     except ProviderError as exc:
         status = 503 if isinstance(exc, ProviderUnavailable) else 502
         return openai_error(status, str(exc), code=exc.kind)
-    completion = _Completion(resources, principal, body.model, needed)
+    prices = opened.provider.config.prices_for(opened.model)
+    completion = _Completion(resources, principal, body.model, needed, prices)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return sse_response(
@@ -324,8 +324,16 @@ async def chat_completions(
 class _Completion:
     """One gateway answer in the Chat Completions wire format, and its usage bookkeeping."""
 
-    def __init__(self, resources: Resources, principal: Principal, model: str, prompt: int) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        principal: Principal,
+        model: str,
+        prompt: int,
+        prices: Prices | None,
+    ) -> None:
         self.resources = resources
+        self.prices = prices
         self.principal = principal
         self.model = model
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -363,7 +371,7 @@ class _Completion:
                 usage = self._final_usage()
                 final = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                          "model": self.model, "choices": [],
-                         "usage": _usage_json(usage)}  # fmt: skip
+                         "usage": self._usage_json(usage)}  # fmt: skip
                 yield b"data: " + orjson.dumps(final) + b"\n\n"
         except ProviderError as exc:
             error = {"error": {"message": str(exc), "type": "api_error", "param": None,
@@ -409,7 +417,7 @@ class _Completion:
             "model": self.model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish,
                          "logprobs": None}],
-            "usage": _usage_json(self._final_usage()),
+            "usage": self._usage_json(self._final_usage()),
         }  # fmt: skip
 
     def _final_usage(self) -> Usage:
@@ -422,12 +430,26 @@ class _Completion:
     async def _record(self) -> None:
         assert self.principal.user_id is not None
         try:
+            usage = self._final_usage()
             await self.resources.get(UsageMeter).record(
                 user_id=self.principal.user_id, api_key_id=self.principal.api_key_id,
-                usage=self._final_usage(),
+                usage=usage, cost=cost(usage, self.prices),
             )  # fmt: skip
         except Exception:  # the answer went out; the log must say it was not counted
             log.exception("gateway.usage_not_recorded", user_id=str(self.principal.user_id))
+
+    def _usage_json(self, usage: Usage) -> dict[str, Any]:
+        """OpenAI's usage object; with prices configured, `cost` and `currency` beside it."""
+        out: dict[str, Any] = {
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        }  # fmt: skip
+        spent = cost(usage, self.prices)
+        if spent is not None and self.prices is not None:
+            out |= {"cost": float(spent), "currency": self.prices.currency}
+        return out
 
 
 def _tool_delta(chunk: ToolCallDelta) -> dict[str, Any]:
@@ -438,8 +460,3 @@ def _tool_delta(chunk: ToolCallDelta) -> dict[str, Any]:
     if chunk.name:
         delta["function"]["name"] = chunk.name
     return delta
-
-
-def _usage_json(usage: Usage) -> dict[str, int]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}  # fmt: skip

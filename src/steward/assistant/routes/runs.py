@@ -1,12 +1,11 @@
 """Messages and the runs they start: the answer as JSON or streamed over SSE, a run's state,
-its cancel, its events from any point (`Last-Event-ID`), and token usage (scope assistant)."""
+its cancel and its events from any point (`Last-Event-ID`) (scope assistant)."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -22,7 +21,7 @@ from steward.assistant.deps import (
     Runs,
     sender_of,
 )
-from steward.assistant.schemas import MessageCreate, Reply, RunRead, UsageDayRead, UsageReport
+from steward.assistant.schemas import MessageCreate, Reply, RunRead
 from steward.assistant.streams import RunEvent
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, resources_of
@@ -198,25 +197,3 @@ async def run_events(
         batch=MAX_BATCH,
     )  # fmt: skip
     return _stream(resources, batches, run_id, "run-sse")
-
-
-@router.get("/usage", summary="Own token usage per day and API key, with quotas (scope assistant)")
-async def usage(
-    request: Request,
-    _: AssistantUser,
-    user_id: CurrentUserId,
-    session: Session,
-    days: Annotated[int, Query(ge=1, le=90)] = 30,
-) -> UsageReport:
-    settings = resources_of(request).settings
-    rows = await service.usage_days(session, user_id=user_id, days=days)
-    today = datetime.now(UTC).date()
-    total = sum(row.total_tokens for row in rows if row.day == today)
-    quota = settings.assistant_daily_tokens_per_user
-    return UsageReport(
-        items=[UsageDayRead.model_validate(row) for row in rows],
-        today_total_tokens=total,
-        daily_quota_per_user=quota,
-        daily_quota_per_key=settings.assistant_daily_tokens_per_key,
-        remaining_today=max(0, quota - total) if quota is not None else None,
-    )
