@@ -43,6 +43,9 @@ class ConfigError(RuntimeError):
     """Settings that must not be used to start the service; the message is one line."""
 
 
+StructuredOutput = Literal["json_schema", "json_object", "prompt"]
+
+
 class Prices(BaseModel):
     """What a model costs, per million tokens. Cached prompt tokens (those the provider
     reports as read from its cache) cost `cached_input`, the input price when unset; the
@@ -66,6 +69,7 @@ class ModelSpec(BaseModel):
     reasoning: bool | None = None
     tools: bool | None = None
     images: bool | None = None
+    structured_output: StructuredOutput | None = None
     prices: Prices | None = None
 
 
@@ -79,6 +83,7 @@ class ModelInfo(BaseModel):
     reasoning: bool
     tools: bool
     images: bool
+    structured_output: StructuredOutput
     prices: Prices | None
 
 
@@ -111,6 +116,12 @@ class ProviderConfig(BaseModel):
     reasoning: bool = Field(default=False, description="streams reasoning before answering")
     tools: bool = Field(default=True, description="calls tools")
     images: bool = Field(default=False, description="takes images")
+    structured_output: StructuredOutput = Field(
+        default="json_schema",
+        description="how a run's JSON Schema reaches the model: as `response_format` "
+        "(json_schema), as JSON mode plus an instruction (json_object: DeepSeek), or as an "
+        "instruction alone (prompt); the answer is validated here in every case",
+    )
     prices: Prices | None = None
     per_model: dict[str, ModelSpec] = Field(default_factory=dict)
     # Vendor parameters sent in the request body (`enable_thinking`, `thinking`, ...):
@@ -124,10 +135,23 @@ class ProviderConfig(BaseModel):
         unknown = sorted(set(self.per_model) - offered)
         if unknown:
             raise ValueError(f"per_model names models not offered: {unknown}")
+        for model in offered:
+            window, output = self.limits(model)
+            if output >= window:
+                raise ValueError(f"{model}: max_output_tokens {output} leaves no room for "
+                                 f"input in a context window of {window}")  # fmt: skip
         reserved = sorted(RESERVED_BODY_KEYS & {*self.extra_body, *self.extra_body_allowed})
         if reserved:
             raise ValueError(f"extra_body may not set {reserved}: Steward sets them")
         return self
+
+    def limits(self, model: str) -> tuple[int, int]:
+        """(context window, output limit) of `model`."""
+        own = self.per_model.get(model)
+        if own is None:
+            return self.context_window, self.max_output_tokens
+        return (own.context_window or self.context_window,
+                own.max_output_tokens or self.max_output_tokens)  # fmt: skip
 
     def prices_for(self, model: str) -> Prices | None:
         own = self.per_model.get(model)
@@ -136,13 +160,14 @@ class ProviderConfig(BaseModel):
     def spec(self, name: str, model: str) -> ModelInfo:
         """The catalogue's row for `model` (one of this provider's)."""
         own = self.per_model.get(model) or ModelSpec()
+        context_window, max_output_tokens = self.limits(model)
         return ModelInfo(
             provider=name, model=model,
-            context_window=own.context_window or self.context_window,
-            max_output_tokens=own.max_output_tokens or self.max_output_tokens,
+            context_window=context_window, max_output_tokens=max_output_tokens,
             reasoning=self.reasoning if own.reasoning is None else own.reasoning,
             tools=self.tools if own.tools is None else own.tools,
             images=self.images if own.images is None else own.images,
+            structured_output=own.structured_output or self.structured_output,
             prices=self.prices_for(model),
         )  # fmt: skip
 

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from steward.assistant import prompts, repository, tokens, tools
+from steward.assistant import prompts, repository, structured, tokens, tools
 from steward.assistant.models import Run, RunStatus
 from steward.assistant.plan import Plan, Preloaded, input_budget
 from steward.assistant.providers import (
@@ -56,6 +56,12 @@ _CITE = re.compile(r"\[(\d{1,3})\]")
 
 class Stalled(ProviderUnavailable):
     kind = "stream_stalled"
+
+
+class InvalidOutput(ProviderError):
+    """The answer did not match the run's JSON Schema, even after its repair round."""
+
+    kind = "invalid_output"
 
 
 def _problem(exc: ProviderError | TimeoutError | Exception) -> dict[str, Any]:
@@ -219,15 +225,20 @@ class Execution:
         settings = self.resources.settings
         system = {"role": "system", "content": prompt.render(user_name=plan.user_name)}
         available = tools.available(plan.scopes)
-        schemas = [tool.schema() for tool in available]
-        max_rounds = settings.assistant_max_tool_rounds
-        for round_no in range(max_rounds + 1):
+        # A model configured without tools is offered none (and so answers in one round).
+        calls_tools = provider.config.spec(provider.name, plan.model).tools
+        schemas = [tool.schema() for tool in available] if calls_tools else []
+        max_rounds = settings.assistant_max_tool_rounds if calls_tools else 0
+        options, system = self._options(provider, system)
+        round_no, repaired = 0, False
+        while True:
             # The last round offers no tools: the model has to answer in words.
             offered = schemas if round_no < max_rounds else []
-            budget = input_budget(provider) - tokens.count_tools(offered, plan.model)
+            budget = input_budget(provider, plan.model) - tokens.count_tools(offered, plan.model)
             messages, _ = tokens.fit(system, history, budget=budget, model=plan.model)
             request = ChatRequest(model=plan.model, messages=messages, tools=offered,
-                                  max_tokens=provider.config.max_output_tokens)  # fmt: skip
+                                  max_tokens=provider.config.limits(plan.model)[1],
+                                  options=options)  # fmt: skip
             current = _Round()
             with tracing.ProviderCall(provider.name, plan.model) as traced:
                 opened = await self.resources.get(Providers).open(provider, request)
@@ -276,8 +287,22 @@ class Execution:
                         log.info("assistant.reply_truncated", run_id=str(plan.run_id))
             text = "".join(current.text)
             if not current.calls:
-                self.final_text = text
-                return
+                found = self._problems(text)
+                if not found:
+                    self.final_text = text
+                    return
+                if repaired:
+                    raise InvalidOutput(
+                        f"the answer does not match the requested schema: {'; '.join(found)}",
+                        provider=opened.provider.name, cause="schema",
+                    )  # fmt: skip
+                # One repair round: the model sees its answer and what is wrong with it; the
+                # client is told to drop the text streamed so far.
+                repaired, round_no = True, max_rounds
+                yield RunEvent("repair", {"problems": found})
+                history = [*history, {"role": "assistant", "content": text},
+                           structured.repair_request(found)]  # fmt: skip
+                continue
             calls: list[dict[str, Any]] = [
                 {"id": call["id"] or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
                  "function": {"name": call["name"], "arguments": call["arguments"]}}
@@ -314,6 +339,32 @@ class Execution:
                         tool_call_id=message["tool_call_id"], name=message["name"],
                     )  # fmt: skip
             history = [*history, assistant, *results]
+            round_no += 1
+            if round_no > max_rounds:
+                return
+
+    def _options(
+        self, provider: Provider, system: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The request's extra body fields, and its system message, for this run's vendor
+        parameters and response format (as the model takes a schema: see structured)."""
+        options: dict[str, Any] = dict(self.plan.extra_body or {})
+        wanted = self.plan.response_format
+        if wanted is None:
+            return options, system
+        mode = provider.config.spec(provider.name, self.plan.model).structured_output
+        if mode == "json_schema":
+            options["response_format"] = wanted
+            return options, system
+        if mode == "json_object":
+            options["response_format"] = {"type": "json_object"}
+        schema = wanted["json_schema"]
+        asked = structured.instruction(schema["name"], schema["schema"])
+        return options, {**system, "content": f"{system['content']}\n\n{asked['content']}"}
+
+    def _problems(self, text: str) -> list[str]:
+        wanted = self.plan.response_format
+        return [] if wanted is None else structured.problems(text, wanted["json_schema"]["schema"])
 
     def _first_token(self) -> None:
         if self.first_token_at is None:

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from steward.assistant import prompts, tokens, tools
 from steward.assistant.providers import Provider
 from steward.assistant.resilience import Providers
@@ -27,6 +29,9 @@ class Plan:
     provider: str
     model: str
     prompt_name: str
+    # OpenAI's `response_format` (a JSON Schema result) and the request's vendor parameters.
+    response_format: dict[str, Any] | None = None
+    extra_body: dict[str, Any] | None = None
 
     def caller(self) -> tools.Caller:
         return tools.Caller(user_id=self.user_id, scopes=self.scopes)
@@ -42,6 +47,8 @@ class Plan:
             "provider": self.provider,
             "model": self.model,
             "prompt_name": self.prompt_name,
+            "response_format": self.response_format,
+            "extra_body": self.extra_body,
         }
 
     @classmethod
@@ -56,6 +63,8 @@ class Plan:
             provider=data["provider"],
             model=data["model"],
             prompt_name=data["prompt_name"],
+            response_format=data.get("response_format"),
+            extra_body=data.get("extra_body"),
         )
 
 
@@ -85,9 +94,31 @@ def choose_provider(
     return provider, model or provider.config.model
 
 
-def input_budget(provider: Provider) -> int:
-    """Tokens a request may spend on its prompt: the context minus the reply's share."""
-    return provider.config.context_window - provider.config.max_output_tokens
+MAX_EXTRA_BODY_BYTES = 4096
+
+
+def check_extra_body(provider: Provider, extra_body: dict[str, Any]) -> None:
+    """Refuse (422, naming them) vendor parameters the provider does not allow per request."""
+    allowed = provider.config.extra_body_allowed
+    unknown = sorted(key for key in extra_body if key not in allowed)
+    if unknown:
+        raise UnprocessableContent(
+            f"{provider.name} does not accept {unknown} per request; allowed: {sorted(allowed)}",
+            errors=[{"loc": ["body", "extra_body", key], "msg": "not allowed", "type": "value"}
+                    for key in unknown],
+        )  # fmt: skip
+    if len(orjson.dumps(extra_body)) > MAX_EXTRA_BODY_BYTES:
+        raise UnprocessableContent(
+            f"extra_body is over {MAX_EXTRA_BODY_BYTES} bytes",
+            errors=[{"loc": ["body", "extra_body"], "msg": "too long", "type": "too_long"}],
+        )
+
+
+def input_budget(provider: Provider, model: str) -> int:
+    """Tokens a request to `model` may spend on its prompt: the context minus the reply's
+    share."""
+    window, output = provider.config.limits(model)
+    return window - output
 
 
 def check_fits(
@@ -109,7 +140,7 @@ def check_fits(
         )
     system = {"role": "system", "content": prompt.render(user_name=user_name)}
     tool_schemas = [tool.schema() for tool in tools.available(scopes)]
-    budget = input_budget(provider) - tokens.count_tools(tool_schemas, model)
+    budget = input_budget(provider, model) - tokens.count_tools(tool_schemas, model)
     needed = tokens.count_messages([system, {"role": "user", "content": content}], model)
     if needed > budget:
         raise UnprocessableContent(

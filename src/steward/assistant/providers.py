@@ -320,6 +320,7 @@ class OpenAICompatible:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         kwargs: dict[str, Any] = {
+            **self.config.extra_body,  # the provider's vendor parameters, then the request's
             **request.options,
             "model": request.model,
             "messages": request.messages,

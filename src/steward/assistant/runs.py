@@ -44,10 +44,16 @@ import structlog
 from prometheus_client import Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from steward.assistant import prompts, repository, service
+from steward.assistant import prompts, repository, service, structured
 from steward.assistant.execution import Execution
 from steward.assistant.models import RunStatus
-from steward.assistant.plan import Plan, Preloaded, check_fits, choose_provider
+from steward.assistant.plan import (
+    Plan,
+    Preloaded,
+    check_extra_body,
+    check_fits,
+    choose_provider,
+)
 from steward.assistant.providers import Usage
 from steward.assistant.resilience import Providers
 from steward.assistant.schemas import MessageCreate, MessageRead, Reply, RunRead
@@ -149,6 +155,12 @@ async def _plan(
     provider, model = choose_provider(
         resources.get(Providers), name=message.provider, model=message.model
     )
+    if message.extra_body:
+        check_extra_body(provider, message.extra_body)
+    response_format = None
+    if message.response_format is not None:
+        response_format = message.response_format.model_dump(by_alias=True, exclude_none=True)
+        structured.check_schema(message.response_format.json_schema.schema_)
     await service.check_quota(
         session, settings, user_id=sender.user_id, api_key_id=sender.api_key_id
     )  # fmt: skip
@@ -169,6 +181,8 @@ async def _plan(
         provider=provider.name,
         model=model,
         prompt_name=settings.assistant_prompt_name,
+        response_format=response_format,
+        extra_body=message.extra_body or None,
     )
     return plan, prompt
 

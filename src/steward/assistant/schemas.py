@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steward.platform.inputs import Text
+from steward.settings import ModelInfo
 
 
 class ConversationCreate(BaseModel):
@@ -34,6 +35,24 @@ class ConversationRead(BaseModel):
     updated_at: datetime
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Text | None = Field(default=None, max_length=1000)
+    schema_: dict[str, Any] = Field(alias="schema", description="a JSON Schema (2020-12)")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format` for a JSON Schema result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
 class MessageCreate(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
         {"content": "add todo: call Ada about the launch", "background": False}]})  # fmt: skip
@@ -46,6 +65,15 @@ class MessageCreate(BaseModel):
     background: bool = Field(
         default=False, description="answer 202 at once; the run continues in a worker"
     )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="a JSON Schema the answer must match: validated, with one repair round",
+    )
+    extra_body: dict[str, Any] | None = Field(
+        default=None, max_length=16,
+        description="vendor parameters the provider allows per request "
+        "(its `extra_body_allowed`, e.g. `enable_thinking`); others are refused",
+    )  # fmt: skip
 
 
 class MessageRead(BaseModel):
@@ -197,3 +225,9 @@ class AdminUsageReport(BaseModel):
         description="per day and user (API keys together), newest day first, then the most "
         "tokens; at most `limit` rows"
     )
+
+
+class ModelRead(ModelInfo):
+    """A model runs may use (`provider` and `model` in a message), from configuration."""
+
+    default: bool = Field(description="used when a message names no provider or model")

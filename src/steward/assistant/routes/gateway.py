@@ -56,7 +56,7 @@ from steward.platform.inputs import Int32, Int64, Text
 from steward.platform.openapi import ERROR_SHAPE
 from steward.platform.resources import Resources
 from steward.platform.streaming import sse_response
-from steward.settings import Prices
+from steward.settings import ModelInfo, Prices
 
 log = structlog.get_logger(__name__)
 
@@ -155,8 +155,18 @@ class ChatMessage(BaseModel):
         return self
 
 
+# Chat Completions parameters this gateway accepts and does not pass on (it answers one
+# choice, without log-probabilities); any other unknown field must be a vendor parameter the
+# model's provider allows (`extra_body_allowed`), or the request is refused naming it.
+_IGNORED = frozenset({
+    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "user",
+    "parallel_tool_calls", "service_tier", "store", "metadata", "modalities", "prediction",
+    "reasoning_effort", "functions", "function_call", "safety_identifier", "prompt_cache_key",
+})  # fmt: skip
+
+
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=128, examples=["offline"])
     messages: list[ChatMessage] = Field(min_length=1, max_length=2000)
@@ -171,6 +181,9 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: Int64 | None = None
     n: Literal[1] | None = None
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="passed to the provider as given (json_schema, json_object)"
+    )
 
 
 def _models(resources: Resources) -> list[tuple[str, Provider]]:
@@ -207,10 +220,20 @@ async def list_models(request: Request, _: GatewayCaller) -> dict[str, Any]:
     embedder = resources.get(Knowledge).embedder
     return {
         "object": "list",
-        "data": [*({"id": model, "object": "model", "created": 0, "owned_by": provider.name}
+        "data": [*(_model_json(provider.config.spec(provider.name, model))
                    for model, provider in _models(resources)),
                  {"id": embedder.model, "object": "model", "created": 0,
                   "owned_by": embedder.name}],
+    }  # fmt: skip
+
+
+def _model_json(spec: ModelInfo) -> dict[str, Any]:
+    """OpenAI's model object, with what the catalogue knows of it beside (as vLLM adds
+    `max_model_len`): limits and capabilities, from configuration."""
+    return {
+        "id": spec.model, "object": "model", "created": 0, "owned_by": spec.provider,
+        "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,
+        "capabilities": {"reasoning": spec.reasoning, "tools": spec.tools, "images": spec.images},
     }  # fmt: skip
 
 
@@ -282,7 +305,7 @@ async def chat_completions(
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     tools = body.tools or []
     needed = tokens.count_messages(messages, body.model) + tokens.count_tools(tools, body.model)
-    budget = input_budget(provider)
+    budget = input_budget(provider, body.model)
     if needed > budget:
         return openai_error(400, f"this request needs about {needed} tokens; {body.model} "
                             f"accepts {budget} of input", code="context_length_exceeded",
@@ -293,13 +316,21 @@ async def chat_completions(
         await service.check_quota(
             session, settings, user_id=principal.user_id, api_key_id=principal.api_key_id
         )  # fmt: skip
+    extra = body.model_extra or {}
+    allowed = provider.config.extra_body_allowed
+    unknown = sorted(key for key in extra if key not in allowed and key not in _IGNORED)
+    if unknown:
+        return openai_error(400, f"unknown parameters {unknown}; {body.model} also takes "
+                            f"{sorted(allowed)}", code="unknown_parameter",
+                            param=unknown[0])  # fmt: skip
     options = body.model_dump(
-        include={"tool_choice", "temperature", "top_p", "stop", "seed"}, exclude_none=True
-    )
+        include={"tool_choice", "temperature", "top_p", "stop", "seed", "response_format"},
+        exclude_none=True,
+    ) | {key: value for key, value in extra.items() if key in allowed}
     chat = ChatRequest(
         model=body.model, messages=messages, tools=tools, options=options,
         max_tokens=body.max_completion_tokens or body.max_tokens
-        or provider.config.max_output_tokens,
+        or provider.config.limits(body.model)[1],
     )  # fmt: skip
     try:
         opened = await resources.get(Providers).open(provider, chat)

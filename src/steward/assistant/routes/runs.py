@@ -21,7 +21,8 @@ from steward.assistant.deps import (
     Runs,
     sender_of,
 )
-from steward.assistant.schemas import MessageCreate, Reply, RunRead
+from steward.assistant.resilience import Providers
+from steward.assistant.schemas import MessageCreate, ModelRead, Reply, RunRead
 from steward.assistant.streams import RunEvent
 from steward.platform.api import API_V1
 from steward.platform.deps import Session, resources_of
@@ -143,8 +144,9 @@ def _failed(request: Request, run: RunRead) -> Response:
     status_code = code if isinstance(code, int) and 500 <= code <= 599 else 502
     slug = str(error.get("type", "")).removeprefix(PROBLEM_BASE) or None
     extra: dict[str, Any] = {"run_id": str(run.id), "run": f"{API_V1}/assistant/runs/{run.id}"}
-    if cause := error.get("cause"):
-        extra["cause"] = cause
+    for key in ("cause", "provider_code"):
+        if value := error.get(key):
+            extra[key] = value
     return problem_response(
         request, status_code, detail=error.get("detail") or "the run failed", slug=slug,
         extra=extra,
@@ -197,3 +199,18 @@ async def run_events(
         batch=MAX_BATCH,
     )  # fmt: skip
     return _stream(resources, batches, run_id, "run-sse")
+
+
+@router.get("/models", summary="Models a run may use, with limits, capabilities and prices "
+            "(scope assistant)")  # fmt: skip
+async def models(request: Request, _: AssistantUser) -> list[ModelRead]:
+    providers = resources_of(request).get(Providers)
+    out: list[ModelRead] = []
+    for name in providers.names():
+        provider = providers.get(name)
+        assert provider is not None
+        for model in [provider.config.model, *provider.config.models]:
+            spec = provider.config.spec(name, model)
+            default = name == providers.default and model == provider.config.model
+            out.append(ModelRead(**spec.model_dump(), default=default))
+    return out
