@@ -29,7 +29,7 @@ DEFAULT_SECRET_KEY = "dev-secret-change-me-0123456789abcdef"  # noqa: S105 - the
 # Request fields Steward itself decides; a provider's `extra_body` may not override them.
 RESERVED_BODY_KEYS = frozenset(
     {"model", "messages", "stream", "stream_options", "tools", "tool_choice", "max_tokens",
-     "response_format", "n"}
+     "max_completion_tokens", "response_format", "n"}
 )  # fmt: skip
 
 
@@ -126,6 +126,9 @@ class ProviderConfig(BaseModel):
     per_model: dict[str, ModelSpec] = Field(default_factory=dict)
     # Vendor parameters sent in the request body (`enable_thinking`, `thinking`, ...):
     # `extra_body` always, and those a request may set, by name, in `extra_body_allowed`.
+    output_limit_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        default="max_tokens", description="OpenAI's reasoning models take only the second"
+    )
     extra_body: dict[str, Any] = Field(default_factory=dict)
     extra_body_allowed: list[str] = Field(default_factory=list)
 

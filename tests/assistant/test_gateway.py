@@ -188,6 +188,7 @@ async def test_daily_quota_refuses_before_calling_the_provider(
         assert report["items"] == [{
             "day": datetime.now(UTC).date().isoformat(), "api_key_id": None, "requests": 2,
             "prompt_tokens": 38, "completion_tokens": 12, "total_tokens": 50,
+            "cached_tokens": 0, "reasoning_tokens": 0, "cost": 0.0,  # no prices configured
         }]  # fmt: skip
         # Bob's day is his own.
         bobs = await new_conversation(http, bob)

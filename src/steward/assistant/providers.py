@@ -330,7 +330,7 @@ class OpenAICompatible:
         if request.tools:
             kwargs["tools"] = request.tools
         if request.max_tokens is not None:
-            kwargs["max_tokens"] = request.max_tokens
+            kwargs[self.config.output_limit_field] = request.max_tokens
         try:
             # The client's own `post` rather than `chat.completions.create`: create() first
             # walks every message and tool schema through the SDK's typed transform (3.3 ms

@@ -378,8 +378,8 @@ const chat = {
     const run = await callJSON(`assistant/conversations/${conversation}/messages`, {
       method: "POST", json: { content, background: true },
     });
-    const state = { id: run.id, lastEventId: null, text: "", tools: [], citations: [],
-      provider: "" };
+    const state = { id: run.id, lastEventId: null, text: "", reasoning: "", tools: [],
+      citations: [], provider: "", usage: null };
     saved.set("run", state);
     await this.follow(state, this.bubble("assistant"));
   },
@@ -392,6 +392,7 @@ const chat = {
     item.dataset.run = state.id;
     const text = item.querySelector(".text");
     for (const tool of state.tools) this.showTool(item, tool);
+    if (state.reasoning) this.showReasoning(item, state.reasoning, !state.text);
     if (state.provider) $("provider").textContent = state.provider;
     let finished = false;
     const waiting = setTimeout(() => {
@@ -405,8 +406,21 @@ const chat = {
         signal: this.controller.signal,
         onEvent: ({ id, event, data }) => {
           if (event === "token") {
+            if (!state.text && state.reasoning) this.showReasoning(item, state.reasoning, false);
             state.text += data.delta;
             text.textContent = state.text;
+          } else if (event === "reasoning") {
+            // A thinking model's reasoning, shown while it thinks, folded once it answers.
+            state.reasoning = (state.reasoning || "") + data.delta;
+            this.showReasoning(item, state.reasoning, true);
+          } else if (event === "repair") {
+            // The answer did not match the requested schema: it is asked again.
+            state.text = "";
+            text.textContent = "";
+            item.insertBefore(el("p", { class: "tool" },
+              `↻ asked again: ${data.problems.join("; ")}`.slice(0, 300)), text);
+          } else if (event === "usage") {
+            state.usage = data;
           } else if (event === "run") {
             state.provider = data.offline
               ? "Offline assistant: no language model is configured (set ASSISTANT_PROVIDERS)."
@@ -434,6 +448,7 @@ const chat = {
       clearTimeout(waiting);
       item.removeAttribute("aria-busy");
       if (state.citations.length) this.showCitations(item, state.citations);
+      if (finished && state.usage) this.showUsage(item, state.usage);
       if (finished) {
         item.dataset.status = "done";
         saved.set("run", null);
@@ -448,6 +463,27 @@ const chat = {
     const label = tool.event === "tool_call" ? `⚙ ${tool.name}` : `↳ ${tool.name}`;
     item.insertBefore(el("p", { class: "tool" }, `${label} ${tool.detail ?? ""}`.slice(0, 300)),
       item.querySelector(".text"));
+  },
+
+  showReasoning(item, reasoning, open) {
+    let box = item.querySelector(".reasoning");
+    if (!box) {
+      box = el("details", { class: "reasoning" }, el("summary", {}, "Reasoning"),
+        el("p", {}, ""));
+      item.insertBefore(box, item.querySelector(".text"));
+    }
+    box.querySelector("p").textContent = reasoning;
+    box.open = open;
+  },
+
+  showUsage(item, usage) {
+    const parts = [`${usage.total_tokens} tokens`];
+    if (usage.reasoning_tokens) parts.push(`${usage.reasoning_tokens} reasoning`);
+    if (usage.cached_tokens) parts.push(`${usage.cached_tokens} cached`);
+    if (usage.cost !== null && usage.cost !== undefined) {
+      parts.push(`${Number(usage.cost.toPrecision(3))} ${usage.currency}`);
+    }
+    item.append(el("p", { class: "usage" }, parts.join(" · ")));
   },
 
   showCitations(item, citations) {
