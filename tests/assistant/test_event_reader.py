@@ -14,6 +14,7 @@ from steward.assistant.providers import (
     ToolCallDelta,
     Usage,
     _EventReader,
+    usage_of,
 )
 
 
@@ -131,3 +132,26 @@ def test_reasoning_of_one_read_is_merged_apart_from_the_answer() -> None:
     )  # fmt: skip
     (chunks,), _ = _feed(body)
     assert chunks == [ReasoningDelta("Thinking."), TextDelta("Done.")]
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+          "prompt_tokens_details": {"cached_tokens": 4},
+          "completion_tokens_details": {"reasoning_tokens": 3}}, Usage(10, 5, 15, 4, 3)),
+        ({"prompt_tokens": 10, "completion_tokens": 5, "prompt_cache_hit_tokens": 6,
+          "prompt_cache_miss_tokens": 4}, Usage(10, 5, 15, 6, 0)),  # DeepSeek; total added
+        ({"prompt_tokens": -3, "completion_tokens": "5", "total_tokens": True,
+          "prompt_tokens_details": None, "completion_tokens_details": [1]}, Usage(0, 0, 0)),
+        ({"prompt_tokens": 10**30, "completion_tokens": 1, "total_tokens": 10**30,
+          "prompt_tokens_details": {"cached_tokens": 10**30}},
+         Usage(2**31 - 1, 1, 2**31 - 1, 2**31 - 1, 0)),
+        ({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+          "prompt_tokens_details": {"cached_tokens": 50},
+          "completion_tokens_details": {"reasoning_tokens": 9}}, Usage(5, 2, 7, 5, 2)),
+    ],
+)  # fmt: skip
+def test_usage_in_every_dialect_is_read_within_bounds(usage: dict[str, object],
+                                                      expected: Usage) -> None:  # fmt: skip
+    assert usage_of(usage) == expected

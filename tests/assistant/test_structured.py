@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -132,6 +133,9 @@ async def test_a_json_mode_model_gets_the_schema_as_an_instruction(
         ({"type": "object", "patternProperties": {"^x": {}}}, "not supported"),
         ({"type": "nonsense"}, "not a valid JSON Schema"),
         ({"enum": ["x" * 1000] * 20}, "over 16384 bytes"),
+        ({"$ref": "https://example.com/schema.json"}, "only references within the schema"),
+        ({"$ref": 5}, "only references within the schema"),
+        (functools.reduce(lambda inner, _: {"not": inner}, range(300), {}), "nests deeper"),
     ],
 )
 async def test_schemas_that_cannot_be_used_are_refused_before_any_call(

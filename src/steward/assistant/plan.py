@@ -100,7 +100,7 @@ MAX_EXTRA_BODY_BYTES = 4096
 def check_extra_body(provider: Provider, extra_body: dict[str, Any]) -> None:
     """Refuse (422, naming them) vendor parameters the provider does not allow per request."""
     allowed = provider.config.extra_body_allowed
-    unknown = sorted(key for key in extra_body if key not in allowed)
+    unknown = sorted(key[:64] for key in extra_body if key not in allowed)
     if unknown:
         raise UnprocessableContent(
             f"{provider.name} does not accept {unknown} per request; allowed: {sorted(allowed)}",

@@ -512,8 +512,14 @@ def _chunks(chunk: dict[str, Any]) -> list[Chunk]:
     return out
 
 
+_MAX_COUNT = 2**31 - 1  # a run's counters are 32-bit columns
+
+
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
+    """A token count as reported; anything not a whole number counts 0, nothing over 2^31."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return 0
+    return min(value, _MAX_COUNT)
 
 
 def usage_of(usage: dict[str, Any]) -> Usage:

@@ -6,7 +6,7 @@ here, because not every provider enforces it. A failing answer gets one repair r
 model is shown what was wrong); a second failure fails the run.
 
 Schemas come from clients, so they are checked before any call: Draft 2020-12, at most
-`MAX_SCHEMA_BYTES`, no remote `$ref` (jsonschema resolves none by default), and no `pattern`
+`MAX_SCHEMA_BYTES` and `MAX_DEPTH`, references only within the schema, and no `pattern`
 or `patternProperties`: Python's regular expressions can backtrack for minutes on a crafted
 pattern, and this would run them on the service's own event loop."""
 
@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import exceptions as _referencing
 
 from steward.platform.errors import UnprocessableContent
 
@@ -25,15 +26,22 @@ MAX_PROBLEMS = 5  # reported to the model and the client per failed answer
 _REFUSED = frozenset({"pattern", "patternProperties"})
 
 
-def _keys(node: object) -> set[str]:
+MAX_DEPTH = 32
+
+
+def _walk(node: object, depth: int, keys: set[str], refs: list[object]) -> None:
+    """Every key of a schema, and its `$ref`s; refuses nesting deeper than MAX_DEPTH (the
+    encoder and the validator recurse)."""
+    if depth > MAX_DEPTH:
+        raise _refuse(f"the schema nests deeper than {MAX_DEPTH} levels")
     if isinstance(node, dict):
-        found = set(node)
+        keys.update(node)
+        refs.extend(value for key, value in node.items() if key in ("$ref", "$dynamicRef"))
         for value in node.values():
-            found |= _keys(value)
-        return found
-    if isinstance(node, list):
-        return set().union(*(_keys(item) for item in node)) if node else set()
-    return set()
+            _walk(value, depth + 1, keys, refs)
+    elif isinstance(node, list):
+        for item in node:
+            _walk(item, depth + 1, keys, refs)
 
 
 def _refuse(message: str) -> UnprocessableContent:
@@ -43,11 +51,17 @@ def _refuse(message: str) -> UnprocessableContent:
 
 def check_schema(schema: dict[str, Any]) -> None:
     """Refuse (422, saying why) a schema this service will not validate against."""
+    keys: set[str] = set()
+    refs: list[object] = []
+    _walk(schema, 0, keys, refs)
     if len(orjson.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise _refuse(f"the schema is over {MAX_SCHEMA_BYTES} bytes")
-    refused = sorted(_REFUSED & _keys(schema))
+    refused = sorted(_REFUSED & keys)
     if refused:
         raise _refuse(f"{refused} are not supported in response schemas")
+    if any(not isinstance(ref, str) or not ref.startswith("#") for ref in refs):
+        # Nothing is fetched: a reference outside the schema could only fail when used.
+        raise _refuse("only references within the schema ($ref: '#...') are supported")
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -62,11 +76,14 @@ def problems(answer: str, schema: dict[str, Any]) -> list[str]:
     except orjson.JSONDecodeError as exc:
         return [f"the answer is not JSON ({exc})"]
     found = []
-    for error in Draft202012Validator(schema).iter_errors(value):
-        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-        found.append(f"{where}: {error.message[:200]}")
-        if len(found) == MAX_PROBLEMS:
-            break
+    try:
+        for error in Draft202012Validator(schema).iter_errors(value):
+            where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+            found.append(f"{where}: {error.message[:200]}")
+            if len(found) == MAX_PROBLEMS:
+                break
+    except _referencing.Unresolvable as exc:  # e.g. '#/$defs/missing'
+        return [f"the schema cannot be used: {exc}"[:200]]
     return found
 
 
