@@ -176,7 +176,8 @@ async def test_the_catalogue_shows_each_models_limits_and_capabilities(
     alice = await make_account(client)
     listed = await client.get("/api/v1/assistant/models", headers=alice.headers)
     assert listed.status_code == 200, listed.text
-    models = {m["model"]: m for m in listed.json()}
+    assert listed.json()["next_cursor"] is None
+    models = {m["model"]: m for m in listed.json()["items"]}
     assert set(models) == {MODEL, "json-mode-model", "plain-model"}
     assert models[MODEL]["default"] and not models["plain-model"]["default"]
     json_mode, plain = models["json-mode-model"], models["plain-model"]

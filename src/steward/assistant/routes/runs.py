@@ -32,6 +32,7 @@ from steward.platform.errors import (
     problem_body,
     problem_response,
 )
+from steward.platform.pagination import Page
 from steward.platform.resources import Resources
 from steward.platform.streaming import sse_event, sse_response
 
@@ -203,7 +204,7 @@ async def run_events(
 
 @router.get("/models", summary="Models a run may use, with limits, capabilities and prices "
             "(scope assistant)")  # fmt: skip
-async def models(request: Request, _: AssistantUser) -> list[ModelRead]:
+async def models(request: Request, _: AssistantUser) -> Page[ModelRead]:
     providers = resources_of(request).get(Providers)
     out: list[ModelRead] = []
     for name in providers.names():
@@ -213,4 +214,4 @@ async def models(request: Request, _: AssistantUser) -> list[ModelRead]:
             spec = provider.config.spec(name, model)
             default = name == providers.default and model == provider.config.model
             out.append(ModelRead(**spec.model_dump(), default=default))
-    return out
+    return Page(items=out, next_cursor=None)  # all of them: the list is configuration
