@@ -12,6 +12,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from httpx_sse import aconnect_sse
+from prometheus_client import REGISTRY
 
 from steward.app import create_app
 from steward.settings import Settings
@@ -203,10 +204,14 @@ async def test_the_gateway_reports_cached_and_reasoning_tokens_and_cost(
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "2+2?"}]}
     fake.script(Script(text=ANSWER, reasoning=THOUGHT, usage=(1000, 300), cached_tokens=400,
                        dialect="deepseek"))  # fmt: skip
+    labels = {"provider": "fake", "currency": "USD"}
+    spent_before = REGISTRY.get_sample_value("steward_assistant_cost_total", labels) or 0.0
     usage = (await client.post("/v1/chat/completions", json=body, headers=key)).json()["usage"]
     assert usage["prompt_tokens_details"] == {"cached_tokens": 400}
     assert usage["completion_tokens_details"] == {"reasoning_tokens": len(THOUGHT.split())}
     assert (usage["cost"], usage["currency"]) == (_expected_cost(1000, 400, 300), "USD")
+    spent = REGISTRY.get_sample_value("steward_assistant_cost_total", labels)
+    assert spent == pytest.approx(spent_before + _expected_cost(1000, 400, 300))
     report = (await client.get("/api/v1/assistant/usage", headers=alice.headers)).json()
     assert report["items"][0]["api_key_id"] == created.json()["id"]
     assert report["items"][0]["cost"] == pytest.approx(_expected_cost(1000, 400, 300))

@@ -38,7 +38,7 @@ from steward.assistant.providers import (
 )
 from steward.assistant.resilience import Providers
 from steward.assistant.streams import RunEvent, RunLog
-from steward.assistant.usage import UsageMeter, cost, usage_json
+from steward.assistant.usage import UsageMeter, cost, count_cost, usage_json
 from steward.platform import tracing
 from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
@@ -407,4 +407,5 @@ class Execution:
         RUNS.labels(self.plan.provider, status.value).inc()
         TOKENS.labels(self.plan.provider, "prompt").inc(self.usage.prompt_tokens)
         TOKENS.labels(self.plan.provider, "completion").inc(self.usage.completion_tokens)
+        count_cost(self.plan.provider, self.cost, self.resources.settings.currency)
         return status

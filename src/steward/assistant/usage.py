@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +36,14 @@ def today() -> date:
 
 
 _MILLION = Decimal(1_000_000)
+COST = Counter("steward_assistant_cost_total",
+               "Spend of runs and gateway calls at the configured prices.",
+               ["provider", "currency"])  # fmt: skip
+
+
+def count_cost(provider: str, spent: Decimal | None, currency: str | None) -> None:
+    if spent is not None and currency is not None:
+        COST.labels(provider, currency).inc(float(spent))
 
 
 def cost(usage: Usage, prices: Prices | None) -> Decimal | None:

@@ -39,7 +39,7 @@ from steward.assistant.providers import (
     Usage,
 )
 from steward.assistant.resilience import Providers
-from steward.assistant.usage import UsageMeter, cost
+from steward.assistant.usage import UsageMeter, cost, count_cost
 from steward.knowledge.chunking import count_tokens
 from steward.knowledge.embedders import EmbeddingError
 from steward.knowledge.service import Knowledge
@@ -338,7 +338,8 @@ async def chat_completions(
         status = 503 if isinstance(exc, ProviderUnavailable) else 502
         return openai_error(status, str(exc), code=exc.kind)
     prices = opened.provider.config.prices_for(opened.model)
-    completion = _Completion(resources, principal, body.model, needed, prices)
+    completion = _Completion(resources, principal, body.model, needed, prices,
+                             opened.provider.name)  # fmt: skip
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return sse_response(
@@ -362,9 +363,11 @@ class _Completion:
         model: str,
         prompt: int,
         prices: Prices | None,
+        provider: str,
     ) -> None:
         self.resources = resources
         self.prices = prices
+        self.provider = provider
         self.principal = principal
         self.model = model
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -462,9 +465,11 @@ class _Completion:
         assert self.principal.user_id is not None
         try:
             usage = self._final_usage()
+            spent = cost(usage, self.prices)
+            count_cost(self.provider, spent, self.prices.currency if self.prices else None)
             await self.resources.get(UsageMeter).record(
                 user_id=self.principal.user_id, api_key_id=self.principal.api_key_id,
-                usage=usage, cost=cost(usage, self.prices),
+                usage=usage, cost=spent,
             )  # fmt: skip
         except Exception:  # the answer went out; the log must say it was not counted
             log.exception("gateway.usage_not_recorded", user_id=str(self.principal.user_id))
