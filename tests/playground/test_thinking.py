@@ -1,6 +1,6 @@
 """The playground with a thinking model: its reasoning shows while it thinks, folds away when
 the answer starts, and the answer's tokens and cost show when it ends. The provider is the
-fake, speaking DashScope's dialect, behind a worker configured as `steward run` would be."""
+fake, in each provider's dialect, behind a worker configured as `steward run` would be."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from playwright.async_api import Page, expect
 from tests.assistant.conftest import ServedFake, fake_server, provider_settings
 from tests.conftest import make_settings
 from tests.engines import EngineSet
+from tests.fakes.openai_server import DIALECTS, Script
 from tests.live import LiveServer, live_server
 from tests.playground.conftest import shot
 from tests.playground.test_playground import sign_up
@@ -48,13 +49,12 @@ async def server(
         yield base
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_reasoning_shows_then_folds_and_the_cost_is_shown(
-    page: Page, server: LiveServer, fake_server: ServedFake
+    page: Page, server: LiveServer, fake_server: ServedFake, dialect: str
 ) -> None:
-    from tests.fakes.openai_server import Script
-
     fake_server.reset()
-    fake_server.script(Script(text=ANSWER, reasoning=THOUGHT, dialect="dashscope", delay_s=0.05,
+    fake_server.script(Script(text=ANSWER, reasoning=THOUGHT, dialect=dialect, delay_s=0.05,
                               usage=(1200, 300), cached_tokens=1000))  # fmt: skip
     await sign_up(page, server)
     await page.get_by_role("tab", name="Assistant").click()
@@ -64,7 +64,7 @@ async def test_reasoning_shows_then_folds_and_the_cost_is_shown(
     reasoning = answer.locator("details.reasoning")
     await expect(reasoning).to_contain_text("step3")  # shown while the model thinks
     assert await reasoning.get_attribute("open") is not None
-    await shot(page, "5-reasoning")
+    await shot(page, f"5-reasoning-{dialect}")
     await expect(answer).to_have_attribute("data-status", "done", timeout=30_000)
     assert await answer.locator(".text").inner_text() == ANSWER
     assert await reasoning.get_attribute("open") is None  # folded once the answer came
@@ -74,4 +74,4 @@ async def test_reasoning_shows_then_folds_and_the_cost_is_shown(
     await expect(answer.locator(".usage")).to_have_text(
         f"1500 tokens · 40 reasoning · 1000 cached · {cost:.3g} CNY"
     )
-    await shot(page, "5-reasoning-done")
+    await shot(page, f"5-reasoning-{dialect}-done")
