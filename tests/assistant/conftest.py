@@ -86,3 +86,13 @@ async def ask(
         json={"content": content, **extra},
         headers=account.headers,
     )
+
+
+async def api_key(
+    client: httpx.AsyncClient, account: Account, scopes: tuple[str, ...] = ("assistant",)
+) -> str:
+    """A new API key's secret: the gateway takes keys, not sign-in tokens."""
+    created = await client.post("/api/v1/api-keys", json={"name": "sdk", "scopes": list(scopes)},
+                                headers=account.headers)  # fmt: skip
+    assert created.status_code == 201, created.text
+    return str(created.json()["secret"])

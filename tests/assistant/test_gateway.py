@@ -10,20 +10,13 @@ import httpx
 import openai
 import pytest
 
-from tests.assistant.conftest import ServedFake, ask, assistant_settings, new_conversation
+from tests.assistant.conftest import ServedFake, api_key, ask, assistant_settings, new_conversation
 from tests.engines import EngineSet
-from tests.factories import Account, make_account
+from tests.factories import make_account
 from tests.fakes.openai_server import DEFAULT_REPLY, MODEL, Script
 from tests.live import live_server
 
 pytestmark = pytest.mark.usefixtures("clean_state")
-
-
-async def _key(http: httpx.AsyncClient, account: Account, scopes: list[str]) -> str:
-    created = await http.post("/api/v1/api-keys", json={"name": "sdk", "scopes": scopes},
-                              headers=account.headers)  # fmt: skip
-    assert created.status_code == 201, created.text
-    return str(created.json()["secret"])
 
 
 @pytest.mark.slow
@@ -35,7 +28,7 @@ async def test_the_official_sdk_works_against_the_gateway(
         httpx.AsyncClient(base_url=base) as http,
     ):
         alice = await make_account(http)
-        secret = await _key(http, alice, ["assistant"])
+        secret = await api_key(http, alice, ("assistant",))
         sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
         models = await sdk.models.list()
         assert [m.id for m in models.data] == [MODEL, "wordllama-l2-supercat-256"]
@@ -120,11 +113,11 @@ async def test_gateway_errors_use_openais_shape(engines: EngineSet, fake: Served
         httpx.AsyncClient(base_url=base) as http,
     ):
         alice = await make_account(http)
-        todo_key = await _key(http, alice, ["todos:read"])
-        good_key = await _key(http, alice, ["assistant"])
-        for api_key, error in (("wrong", openai.AuthenticationError),
-                               (todo_key, openai.PermissionDeniedError)):  # fmt: skip
-            sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0)
+        todo_key = await api_key(http, alice, ("todos:read",))
+        good_key = await api_key(http, alice, ("assistant",))
+        for secret, error in (("wrong", openai.AuthenticationError),
+                              (todo_key, openai.PermissionDeniedError)):  # fmt: skip
+            sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
             with pytest.raises(error):
                 await sdk.models.list()
         sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=good_key, max_retries=0)
@@ -173,7 +166,7 @@ async def test_daily_quota_refuses_before_calling_the_provider(
         assert 0 < int(refused.headers["retry-after"]) <= 86_400
         assert len(fake.requests) == calls
 
-        secret = await _key(http, alice, ["assistant"])
+        secret = await api_key(http, alice, ("assistant",))
         sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
         with pytest.raises(openai.RateLimitError) as limited:
             await sdk.chat.completions.create(

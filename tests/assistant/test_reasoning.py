@@ -11,7 +11,7 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.assistant.conftest import ServedFake, ask, new_conversation
+from tests.assistant.conftest import ServedFake, api_key, ask, new_conversation
 from tests.factories import Account, make_account
 from tests.fakes.openai_server import MODEL, Script
 
@@ -70,9 +70,7 @@ async def test_the_gateway_passes_reasoning_through(
     client: httpx.AsyncClient, fake: ServedFake
 ) -> None:
     alice = await make_account(client)
-    created = await client.post("/api/v1/api-keys", json={"name": "sdk", "scopes": ["assistant"]},
-                                headers=alice.headers)  # fmt: skip
-    key = {"Authorization": f"Bearer {created.json()['secret']}"}  # the gateway takes keys
+    key = {"Authorization": f"Bearer {await api_key(client, alice)}"}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "2+2?"}]}
     fake.script(Script(text=ANSWER, reasoning=THOUGHT))
     whole = await client.post("/v1/chat/completions", json=body, headers=key)

@@ -14,7 +14,7 @@ from httpx_sse import aconnect_sse
 
 from steward.assistant.plan import Plan
 from steward.settings import Settings
-from tests.assistant.conftest import ServedFake, ask, assistant_settings, new_conversation
+from tests.assistant.conftest import ServedFake, api_key, ask, assistant_settings, new_conversation
 from tests.engines import EngineSet
 from tests.factories import Account, make_account
 from tests.fakes.openai_server import MODEL, Script
@@ -186,9 +186,7 @@ async def test_the_catalogue_shows_each_models_limits_and_capabilities(
     assert (plain["tools"], plain["max_output_tokens"]) == (False, 64)
     assert models[MODEL]["context_window"] == 4096  # the provider's default
 
-    created = await client.post("/api/v1/api-keys", json={"name": "sdk", "scopes": ["assistant"]},
-                                headers=alice.headers)  # fmt: skip
-    key = {"Authorization": f"Bearer {created.json()['secret']}"}
+    key = {"Authorization": f"Bearer {await api_key(client, alice)}"}
     served = (await client.get("/v1/models", headers=key)).json()["data"]
     plain = next(m for m in served if m["id"] == "plain-model")
     assert plain["capabilities"] == {"reasoning": False, "tools": False, "images": False}
@@ -205,9 +203,7 @@ async def test_the_gateway_passes_formats_and_allowed_vendor_parameters(
     client: httpx.AsyncClient, fake: ServedFake
 ) -> None:
     alice = await make_account(client)
-    created = await client.post("/api/v1/api-keys", json={"name": "sdk", "scopes": ["assistant"]},
-                                headers=alice.headers)  # fmt: skip
-    key = {"Authorization": f"Bearer {created.json()['secret']}"}
+    key = {"Authorization": f"Bearer {await api_key(client, alice)}"}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "a todo"}],
             "response_format": FORMAT, "enable_thinking": False, "user": "u-1",
             "frequency_penalty": 0.5}  # fmt: skip
