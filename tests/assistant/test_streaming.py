@@ -87,6 +87,18 @@ async def test_websocket_streams_a_run_and_cancels_another(
             assert text == DEFAULT_REPLY
             assert seen[-1]["data"]["status"] == "succeeded"
 
+            # A thinking model's reasoning arrives first, as `reasoning` messages.
+            fake.script(Script(text="It is 4.", reasoning="two and two make four"))
+            await ws.send(json.dumps({"type": "message", "conversation_id": conversation,
+                                      "content": "2+2?"}))  # fmt: skip
+            seen = []
+            while not seen or seen[-1]["type"] != "done":
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+            kinds = [m["type"] for m in seen]
+            assert max(i for i, k in enumerate(kinds) if k == "reasoning") < kinds.index("token")
+            assert "".join(m["data"]["delta"] for m in seen if m["type"] == "reasoning") == (
+                "two and two make four")  # fmt: skip
+
             fake.script(Script(text=" ".join(f"w{i}" for i in range(300)), delay_s=0.02))
             await ws.send(json.dumps({"type": "message", "conversation_id": conversation,
                                       "content": "long"}))  # fmt: skip
