@@ -124,11 +124,11 @@ class ProviderConfig(BaseModel):
     )
     prices: Prices | None = None
     per_model: dict[str, ModelSpec] = Field(default_factory=dict)
-    # Vendor parameters sent in the request body (`enable_thinking`, `thinking`, ...):
-    # `extra_body` always, and those a request may set, by name, in `extra_body_allowed`.
     output_limit_field: Literal["max_tokens", "max_completion_tokens"] = Field(
         default="max_tokens", description="OpenAI's reasoning models take only the second"
     )
+    # Vendor parameters sent in the request body (`enable_thinking`, `thinking`, ...):
+    # `extra_body` always, and those a request may set, by name, in `extra_body_allowed`.
     extra_body: dict[str, Any] = Field(default_factory=dict)
     extra_body_allowed: list[str] = Field(default_factory=list)
 
@@ -138,11 +138,6 @@ class ProviderConfig(BaseModel):
         unknown = sorted(set(self.per_model) - offered)
         if unknown:
             raise ValueError(f"per_model names models not offered: {unknown}")
-        for model in offered:
-            window, output = self.limits(model)
-            if output >= window:
-                raise ValueError(f"{model}: max_output_tokens {output} leaves no room for "
-                                 f"input in a context window of {window}")  # fmt: skip
         reserved = sorted(RESERVED_BODY_KEYS & {*self.extra_body, *self.extra_body_allowed})
         if reserved:
             raise ValueError(f"extra_body may not set {reserved}: Steward sets them")
@@ -467,6 +462,12 @@ class Settings(BaseSettings, AccountLifecycleSettings):
             name = getattr(self, field)
             if name is not None and name not in known:
                 raise ValueError(f"{field.upper()}={name!r} is not in ASSISTANT_PROVIDERS")
+        for name, config in self.assistant_providers.items():
+            for model in (config.model, *config.models):
+                window, output = config.limits(model)
+                if output >= window:
+                    raise ValueError(f"{name}/{model}: max_output_tokens {output} leaves no "
+                                     f"room for input in a context window of {window}")  # fmt: skip
         currencies = {prices.currency for prices in self._prices()}
         if len(currencies) > 1:
             # Costs are added up per day and held against one quota: one unit for all.

@@ -226,6 +226,11 @@ async def test_the_gateway_reports_cached_and_reasoning_tokens_and_cost(
         ({"a": {}}, {"assistant_daily_cost_per_user": 1.0}, "needs prices"),
         ({"a": {"per_model": {"other-model": {"reasoning": True}}}}, {}, "not offered"),
         ({"a": {"extra_body": {"messages": []}}}, {}, "may not set"),
+        (
+            {"a": {"per_model": {"m": {"context_window": 1024, "max_output_tokens": 1024}}}},
+            {},
+            "leaves no room",
+        ),
     ],
 )
 def test_provider_prices_and_models_are_checked_at_start(
