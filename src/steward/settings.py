@@ -43,7 +43,7 @@ class ConfigError(RuntimeError):
     """Settings that must not be used to start the service; the message is one line."""
 
 
-StructuredOutput = Literal["json_schema", "json_object", "prompt"]
+StructuredOutput = Literal["json_schema", "json_object", "prompt", "none"]
 
 
 class Prices(BaseModel):
@@ -120,7 +120,8 @@ class ProviderConfig(BaseModel):
         default="json_schema",
         description="how a run's JSON Schema reaches the model: as `response_format` "
         "(json_schema), as JSON mode plus an instruction (json_object: DeepSeek), or as an "
-        "instruction alone (prompt); the answer is validated here in every case",
+        "instruction alone (prompt); the answer is validated here in every case; none: "
+        "requests for it are refused",
     )
     prices: Prices | None = None
     per_model: dict[str, ModelSpec] = Field(default_factory=dict)

@@ -155,6 +155,32 @@ async def test_an_error_event_mid_reply_names_the_providers_code(
     assert "".join(d["delta"] for n, d in events if n == "token") == "partial answer"
 
 
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [
+        (Script(text="one two three four five six", cut_after=3), "failed"),
+        (Script(text="one two three four five six", report_usage=False), "succeeded"),
+    ],
+    ids=["cut-mid-answer", "no-usage-reported"],
+)
+async def test_a_call_whose_usage_never_came_is_counted_from_what_it_streamed(
+    client: httpx.AsyncClient, fake: ServedFake, script: Script, status: str
+) -> None:
+    alice = await make_account(client)
+    conversation = await new_conversation(client, alice)
+    fake.script(script)
+    events = await _events(client, conversation, alice, "count me")
+    streamed = "".join(d["delta"] for n, d in events if n == "token")
+    usage = dict(events)["usage"]
+    assert dict(events)["done"]["status"] == status
+    assert usage["prompt_tokens"] > 10  # the system prompt and the message, as counted
+    words = len(streamed.split())  # a token per short word, with the margin for models
+    assert words <= usage["completion_tokens"] <= int(words * 1.25) + 1  # not OpenAI's
+    assert usage["cost"] == _expected_cost(usage["prompt_tokens"], 0, usage["completion_tokens"])
+    report = (await client.get("/api/v1/assistant/usage", headers=alice.headers)).json()
+    assert report["today_total_tokens"] == usage["total_tokens"]
+
+
 async def test_a_daily_cost_quota_refuses_once_spent_and_the_admin_view_adds_up(
     engines: EngineSet, fake: ServedFake
 ) -> None:

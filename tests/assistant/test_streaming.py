@@ -60,6 +60,11 @@ async def test_client_disconnect_cancels_the_run(engines: EngineSet, fake: Serve
         run = await _run_status(http, alice.headers, run_id, "cancelled")
         assert run["status"] == "cancelled"
         assert run["finished_at"] is not None
+        # What was streamed before the client left is counted (the provider's usage never
+        # came): leaving before the end of every answer must not dodge the quota.
+        assert run["usage"]["prompt_tokens"] > 0 and run["usage"]["completion_tokens"] >= 3
+        report = (await http.get("/api/v1/assistant/usage", headers=alice.headers)).json()
+        assert report["today_total_tokens"] == run["usage"]["total_tokens"]
         # The provider's stream was abandoned too: no answer was stored.
         assert run["message"] is None
 

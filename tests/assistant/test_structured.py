@@ -12,9 +12,11 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
+from steward.app import create_app
 from steward.assistant.plan import Plan
 from steward.settings import Settings
 from tests.assistant.conftest import ServedFake, api_key, ask, assistant_settings, new_conversation
+from tests.conftest import app_client, make_settings
 from tests.engines import EngineSet
 from tests.factories import Account, make_account
 from tests.fakes.openai_server import MODEL, Script
@@ -230,3 +232,17 @@ def test_a_plan_keeps_its_format_and_vendor_parameters_for_a_worker() -> None:
         extra_body={"enable_thinking": True},
     )  # fmt: skip
     assert Plan.from_json(orjson.loads(orjson.dumps(plan.to_json()))) == plan
+
+
+async def test_a_model_without_structured_output_refuses_a_schema_up_front(
+    engines: EngineSet,
+) -> None:
+    # The offline assistant answers in canned words: refused, not failed after two calls.
+    async with app_client(create_app(make_settings(engines))) as offline:
+        alice = await make_account(offline)
+        conversation = await new_conversation(offline, alice)
+        response = await ask(offline, alice, conversation, "hi", response_format=FORMAT)
+        assert response.status_code == 422, response.text
+        assert "offline/offline does not give structured output" in response.json()["detail"]
+        models = (await offline.get("/api/v1/assistant/models", headers=alice.headers)).json()
+        assert models["items"][0]["structured_output"] == "none"

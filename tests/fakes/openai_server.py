@@ -72,6 +72,7 @@ class Script:
     code: str | None = None  # the error body's code (with `status` or `mid_error`)
     cached_tokens: int = 0
     mid_error: str | None = None  # after the text, an error event with this code
+    report_usage: bool = True  # False: no usage chunk even when asked for (as some servers)
 
 
 class _Cut(Exception):
@@ -185,6 +186,7 @@ class FakeOpenAI:
                 "usage": usage,
             })  # fmt: skip
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = include_usage and script.report_usage
         delay = self.delay_s if script.delay_s is None else script.delay_s
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:

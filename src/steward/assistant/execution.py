@@ -42,6 +42,7 @@ from steward.assistant.usage import UsageMeter, cost, count_cost, usage_json
 from steward.platform import tracing
 from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
+from steward.settings import Prices
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +101,12 @@ def _problem(exc: ProviderError | TimeoutError | Exception) -> dict[str, Any]:
 class _Round:
     text: list[str] = field(default_factory=list)
     calls: dict[int, dict[str, str]] = field(default_factory=dict)
+    reasoning: list[str] = field(default_factory=list)
+    # For a round whose usage never came (cancelled, cut, or a provider that sends none):
+    # what it is counted as instead (see Execution.close).
+    prompt_tokens: int = 0
+    prices: Prices | None = None
+    reported: bool = False
 
     def add_call(self, delta: ToolCallDelta) -> None:
         call = self.calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
@@ -140,6 +147,7 @@ class Execution:
         self.sources: dict[int, dict[str, Any]] = {}
         self.citations: list[dict[str, Any]] = []
         self.reasoning: list[str] = []  # stored with the run, apart from the answer
+        self.current: _Round | None = None  # the provider call in progress, once answering
 
     def _number_sources(self, result: dict[str, Any]) -> None:
         """Give a tool result's `sources` the run's next numbers (the model cites [n])."""
@@ -205,6 +213,7 @@ class Execution:
         if error is not None:
             self.status = RunStatus.FAILED
             yield RunEvent("error", error)
+        self._count_unreported()
         yield RunEvent("usage", usage_json(self.usage, self.cost, self.resources.settings.currency))
         assert self.status is not None
         status = await asyncio.shield(self.close(self.status, error))
@@ -234,8 +243,9 @@ class Execution:
         while True:
             # The last round offers no tools: the model has to answer in words.
             offered = schemas if round_no < max_rounds else []
-            budget = input_budget(provider, plan.model) - tokens.count_tools(offered, plan.model)
-            messages, _ = tokens.fit(system, history, budget=budget, model=plan.model)
+            tool_tokens = tokens.count_tools(offered, plan.model)
+            budget = input_budget(provider, plan.model) - tool_tokens
+            messages, prompt_tokens = tokens.fit(system, history, budget=budget, model=plan.model)
             request = ChatRequest(model=plan.model, messages=messages, tools=offered,
                                   max_tokens=provider.config.limits(plan.model)[1],
                                   options=options)  # fmt: skip
@@ -243,6 +253,9 @@ class Execution:
             with tracing.ProviderCall(provider.name, plan.model) as traced:
                 opened = await self.resources.get(Providers).open(provider, request)
                 traced.answered_by(opened.provider.name)
+                current.prompt_tokens = prompt_tokens + tool_tokens
+                current.prices = opened.provider.config.prices_for(opened.model)
+                self.current = current
                 chunks = aiter(opened.chunks())
                 loop = asyncio.get_running_loop()
                 idle = opened.provider.config.idle_timeout_s
@@ -272,16 +285,15 @@ class Execution:
                         self._first_token()
                         traced.first_token()
                         self.reasoning.append(chunk.text)
+                        current.reasoning.append(chunk.text)
                         yield RunEvent("reasoning", {"delta": chunk.text})
                     elif isinstance(chunk, ToolCallDelta):
                         self._first_token()
                         traced.first_token()
                         current.add_call(chunk)
                     elif isinstance(chunk, Usage):
-                        self.usage += chunk
-                        spent = cost(chunk, opened.provider.config.prices_for(opened.model))
-                        if spent is not None:  # at the prices of whoever answered
-                            self.cost = spent if self.cost is None else self.cost + spent
+                        current.reported = True
+                        self._count(chunk, current.prices)  # of whoever answered
                         traced.usage(chunk.prompt_tokens, chunk.completion_tokens)
                     elif isinstance(chunk, Finish) and chunk.reason == "length":
                         log.info("assistant.reply_truncated", run_id=str(plan.run_id))
@@ -366,6 +378,27 @@ class Execution:
         wanted = self.plan.response_format
         return [] if wanted is None else structured.problems(text, wanted["json_schema"]["schema"])
 
+    def _count(self, usage: Usage, prices: Prices | None) -> None:
+        self.usage += usage
+        spent = cost(usage, prices)
+        if spent is not None:
+            self.cost = spent if self.cost is None else self.cost + spent
+
+    def _count_unreported(self) -> None:
+        """Count the call in progress if its provider never reported its usage (the run was
+        cancelled or cut before the usage chunk, or the provider sends none): its prompt as
+        counted before the call, and what it streamed. Otherwise a client could leave just
+        before the end of every answer and never spend its quota."""
+        current, self.current = self.current, None
+        if current is None or current.reported:
+            return
+        model = self.plan.model
+        streamed = "".join([*current.reasoning, *current.text,
+                            *(call["arguments"] for call in current.calls.values())])  # fmt: skip
+        completion = tokens.count_text(streamed, model) if streamed else 0
+        prompt = current.prompt_tokens
+        self._count(Usage(prompt, completion, prompt + completion), current.prices)
+
     def _first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = datetime.now(UTC)
@@ -379,6 +412,7 @@ class Execution:
         """Record the end of the run; a cancel that got there first wins."""
         if not await self.stored():
             return status  # its request failed to store it: nothing to record
+        self._count_unreported()
         won = False
         try:
             answer = self.final_text if status is RunStatus.SUCCEEDED else None

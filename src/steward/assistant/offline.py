@@ -30,7 +30,9 @@ from steward.assistant.providers import (
 from steward.settings import ProviderConfig
 
 PREFIX = "[offline]"
-CONFIG = ProviderConfig(base_url="offline://", model="offline", context_window=32_768)
+# It answers in canned words: a JSON Schema answer is refused up front rather than failed.
+CONFIG = ProviderConfig(base_url="offline://", model="offline", context_window=32_768,
+                        structured_output="none")  # fmt: skip
 
 _INTENTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(list|show)\b.*\btodos?\b", re.I), "list_todos"),

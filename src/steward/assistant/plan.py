@@ -10,9 +10,10 @@ from typing import Any
 
 import orjson
 
-from steward.assistant import prompts, tokens, tools
+from steward.assistant import prompts, structured, tokens, tools
 from steward.assistant.providers import Provider
 from steward.assistant.resilience import Providers
+from steward.assistant.schemas import ResponseFormat
 from steward.platform.errors import UnprocessableContent
 
 
@@ -112,6 +113,23 @@ def check_extra_body(provider: Provider, extra_body: dict[str, Any]) -> None:
             f"extra_body is over {MAX_EXTRA_BODY_BYTES} bytes",
             errors=[{"loc": ["body", "extra_body"], "msg": "too long", "type": "too_long"}],
         )
+
+
+def checked_response_format(
+    provider: Provider, model: str, wanted: ResponseFormat | None
+) -> dict[str, Any] | None:
+    """The run's `response_format` as sent on, once the model can give it and its schema is
+    one this service validates against (422 otherwise, saying why)."""
+    if wanted is None:
+        return None
+    if provider.config.spec(provider.name, model).structured_output == "none":
+        raise UnprocessableContent(
+            f"{provider.name}/{model} does not give structured output",
+            errors=[{"loc": ["body", "response_format"], "msg": "not supported by the model",
+                     "type": "value"}],
+        )  # fmt: skip
+    structured.check_schema(wanted.json_schema.schema_)
+    return wanted.model_dump(by_alias=True, exclude_none=True)
 
 
 def input_budget(provider: Provider, model: str) -> int:

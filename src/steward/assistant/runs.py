@@ -44,7 +44,7 @@ import structlog
 from prometheus_client import Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from steward.assistant import prompts, repository, service, structured
+from steward.assistant import prompts, repository, service
 from steward.assistant.execution import Execution
 from steward.assistant.models import RunStatus
 from steward.assistant.plan import (
@@ -52,6 +52,7 @@ from steward.assistant.plan import (
     Preloaded,
     check_extra_body,
     check_fits,
+    checked_response_format,
     choose_provider,
 )
 from steward.assistant.providers import Usage
@@ -157,10 +158,7 @@ async def _plan(
     )
     if message.extra_body:
         check_extra_body(provider, message.extra_body)
-    response_format = None
-    if message.response_format is not None:
-        response_format = message.response_format.model_dump(by_alias=True, exclude_none=True)
-        structured.check_schema(message.response_format.json_schema.schema_)
+    response_format = checked_response_format(provider, model, message.response_format)
     await service.check_quota(
         session, settings, user_id=sender.user_id, api_key_id=sender.api_key_id
     )  # fmt: skip
