@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from steward.app import create_app
 from steward.platform.db import async_url
-from tests.assistant.conftest import ServedFake, ask, assistant_settings, new_conversation
+from tests.assistant.conftest import (
+    ServedFake,
+    ask,
+    assistant_settings,
+    new_conversation,
+    provider_settings,
+)
 from tests.conftest import app_client
 from tests.engines import EngineSet
 from tests.factories import make_account
@@ -202,3 +208,27 @@ async def test_without_a_fallback_an_open_circuit_is_a_clear_error(
     assert response.status_code == 503
     assert response.json()["type"].endswith("/circuit-open")
     assert len(fake.requests) == 1
+
+
+async def test_a_fallback_gets_only_the_vendor_parameters_it_allows(
+    engines: EngineSet, fake: ServedFake
+) -> None:
+    primary = provider_settings(fake.url, max_retries=0, extra_body_allowed=["enable_thinking"])
+    backup = provider_settings(fake.url, model="backup-model", extra_body_allowed=["thinking"])
+    settings = assistant_settings(
+        engines, fake.url, assistant_breaker_failures=1, assistant_breaker_reset_s=60,
+        assistant_providers={"primary": primary, "backup": backup},
+        assistant_fallback_provider="backup",
+    )  # fmt: skip
+    async with app_client(create_app(settings)) as client:
+        alice = await make_account(client)
+        conversation = await new_conversation(client, alice)
+        fake.script(Script(status=500))
+        assert (await ask(client, alice, conversation, "hi")).status_code == 502  # opens it
+        vendor = {"enable_thinking": True}
+        answered = await ask(client, alice, conversation, "hi", provider="primary",
+                             extra_body=vendor)  # fmt: skip
+        assert answered.status_code == 200, answered.text
+        sent = fake.requests[-1]
+        assert sent["model"] == "backup-model"
+        assert "enable_thinking" not in sent  # DashScope's switch is not Ark's

@@ -145,6 +145,12 @@ async def _first_chunk(
     return first, iterator
 
 
+# Chat Completions parameters every provider takes; any other option is a vendor's.
+PORTABLE_OPTIONS = frozenset(
+    {"tool_choice", "temperature", "top_p", "stop", "seed", "response_format"}
+)
+
+
 class Providers:
     """Every configured provider (and the offline one), each with its own breaker."""
 
@@ -188,8 +194,13 @@ class Providers:
                 raise
             FALLBACKS.labels(fallback.name).inc()
             log.warning("provider.fallback", provider=provider.name, fallback=fallback.name)
+            # The fallback gets the request in its own terms: its model, and of the vendor
+            # parameters only those it allows (another vendor's could be refused outright).
+            allowed = PORTABLE_OPTIONS | set(fallback.config.extra_body_allowed)
+            options = {key: value for key, value in request.options.items() if key in allowed}
             return await self._open_one(
-                fallback, dataclasses.replace(request, model=fallback.config.model)
+                fallback,
+                dataclasses.replace(request, model=fallback.config.model, options=options),
             )
 
     async def _open_one(self, provider: Provider, request: ChatRequest) -> Opened:
