@@ -246,3 +246,23 @@ async def test_a_model_without_structured_output_refuses_a_schema_up_front(
         assert "offline/offline does not give structured output" in response.json()["detail"]
         models = (await offline.get("/api/v1/assistant/models", headers=alice.headers)).json()
         assert models["items"][0]["structured_output"] == "none"
+
+
+async def test_vendor_parameters_nested_past_the_encoder_are_refused(
+    client: httpx.AsyncClient, fake: ServedFake
+) -> None:
+    alice = await make_account(client)
+    conversation = await new_conversation(client, alice)
+    deep: Any = True
+    for _ in range(300):
+        deep = [deep]
+    refused = await ask(client, alice, conversation, "hi", extra_body={"thinking": deep})
+    assert refused.status_code == 422, refused.text
+    key = {"Authorization": f"Bearer {await api_key(client, alice)}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": deep}]}
+    answered = await client.post("/v1/chat/completions", json=body, headers=key)
+    assert answered.status_code == 400, answered.text
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "thinking": deep}
+    answered = await client.post("/v1/chat/completions", json=body, headers=key)
+    assert answered.status_code == 400, answered.text
+    assert fake.requests == []

@@ -108,9 +108,13 @@ def check_extra_body(provider: Provider, extra_body: dict[str, Any]) -> None:
             errors=[{"loc": ["body", "extra_body", key], "msg": "not allowed", "type": "value"}
                     for key in unknown],
         )  # fmt: skip
-    if len(orjson.dumps(extra_body)) > MAX_EXTRA_BODY_BYTES:
+    try:
+        size = len(orjson.dumps(extra_body))
+    except orjson.JSONEncodeError:  # nested past the encoder's limit (255 levels)
+        size = MAX_EXTRA_BODY_BYTES + 1
+    if size > MAX_EXTRA_BODY_BYTES:
         raise UnprocessableContent(
-            f"extra_body is over {MAX_EXTRA_BODY_BYTES} bytes",
+            f"extra_body is over {MAX_EXTRA_BODY_BYTES} bytes or nests too deep",
             errors=[{"loc": ["body", "extra_body"], "msg": "too long", "type": "too_long"}],
         )
 

@@ -304,6 +304,10 @@ async def chat_completions(
         raise NotFound(f"the model {body.model!r} does not exist or is not served here")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     tools = body.tools or []
+    try:  # what the provider will be sent must encode: JSON nested past 255 levels does not
+        orjson.dumps([messages, tools, body.model_extra])
+    except orjson.JSONEncodeError:
+        return openai_error(400, "the request nests too deep", code="invalid_request_error")
     needed = tokens.count_messages(messages, body.model) + tokens.count_tools(tools, body.model)
     budget = input_budget(provider, body.model)
     if needed > budget:
