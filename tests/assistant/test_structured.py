@@ -138,6 +138,8 @@ async def test_a_json_mode_model_gets_the_schema_as_an_instruction(
         ({"$ref": "https://example.com/schema.json"}, "only references within the schema"),
         ({"$ref": 5}, "only references within the schema"),
         (functools.reduce(lambda inner, _: {"not": inner}, range(300), {}), "nests deeper"),
+        ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "itself without end"),
+        ({"$ref": "#/$defs/missing"}, "does not define"),
     ],
 )
 async def test_schemas_that_cannot_be_used_are_refused_before_any_call(

@@ -66,6 +66,12 @@ def check_schema(schema: dict[str, Any]) -> None:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise _refuse(f"not a valid JSON Schema: {exc.message[:200]}") from None
+    try:  # a reference to itself with nothing between loops on any value
+        Draft202012Validator(schema).is_valid(None)
+    except RecursionError:
+        raise _refuse("the schema refers to itself without end") from None
+    except _referencing.Unresolvable as exc:
+        raise _refuse(f"the schema has a reference it does not define: {exc}"[:300]) from None
 
 
 def problems(answer: str, schema: dict[str, Any]) -> list[str]:
@@ -82,8 +88,10 @@ def problems(answer: str, schema: dict[str, Any]) -> list[str]:
             found.append(f"{where}: {error.message[:200]}")
             if len(found) == MAX_PROBLEMS:
                 break
-    except _referencing.Unresolvable as exc:  # e.g. '#/$defs/missing'
+    except _referencing.Unresolvable as exc:  # e.g. '#/$defs/missing' on a branch not tried
         return [f"the schema cannot be used: {exc}"[:200]]
+    except RecursionError:  # a recursive schema over an answer nested hundreds deep
+        return ["the answer nests deeper than the schema can be checked"]
     return found
 
 
