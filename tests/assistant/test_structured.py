@@ -191,6 +191,9 @@ async def test_the_catalogue_shows_each_models_limits_and_capabilities(
     assert models[MODEL]["context_window"] == 4096  # the provider's default
 
     key = {"Authorization": f"Bearer {await api_key(client, alice)}"}
+    narrow = {"x-api-key": await api_key(client, alice, ("todos:read",))}
+    assert (await client.get("/api/v1/assistant/models", headers=narrow)).status_code == 403
+    assert (await client.get("/api/v1/assistant/models")).status_code == 401
     served = (await client.get("/v1/models", headers=key)).json()["data"]
     plain = next(m for m in served if m["id"] == "plain-model")
     assert plain["capabilities"] == {"reasoning": False, "tools": False, "images": False}
