@@ -132,10 +132,14 @@ async def test_spent_accounts_and_moderation_fail_at_once_named_by_the_providers
 ) -> None:  # fmt: skip
     alice = await make_account(client)
     conversation = await new_conversation(client, alice)
+    spent = {"provider": "fake", "outcome": "quota"}
+    before = REGISTRY.get_sample_value("steward_provider_calls_total", spent) or 0.0
     fake.script(Script(dialect=dialect, status=status, code=code))
     events = await _events(client, conversation, alice, "hello")
     error = dict(events)["error"]
     assert len(fake.requests) == 1  # not retried: another try cannot succeed
+    after = REGISTRY.get_sample_value("steward_provider_calls_total", spent) or 0.0
+    assert after - before == (1 if cause == "quota" else 0)  # what the page alert watches
     assert (error["status"], error["cause"]) == (502, cause)
     assert error.get("provider_code") == code
     if code is not None:

@@ -231,7 +231,9 @@ class Providers:
                 await asyncio.sleep(wait_s)
                 continue
             except ProviderError as exc:
-                CALLS.labels(provider.name, exc.kind.removeprefix("provider_")).inc()
+                # A spent account is its own outcome: every call fails until someone pays.
+                outcome = "quota" if exc.cause == "quota" else exc.kind.removeprefix("provider_")
+                CALLS.labels(provider.name, outcome).inc()
                 # A refused request says nothing about the provider's health.
                 breaker.success() if exc.status is not None else breaker.failure()
                 raise
