@@ -6,9 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from steward.assistant.provider_errors import ProviderError
 from steward.assistant.providers import (
     Finish,
-    ProviderError,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,

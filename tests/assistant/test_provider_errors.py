@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from steward.app import create_app
-from steward.assistant.providers import ChatRequest, OpenAICompatible, ProviderError, TextDelta
-from steward.settings import ProviderConfig
+from steward.assistant.provider_errors import ProviderError
+from steward.assistant.providers import ChatRequest, OpenAICompatible, TextDelta
+from steward.settings_providers import ProviderConfig
 from tests.assistant.conftest import ServedFake, ask, assistant_settings, new_conversation
 from tests.conftest import app_client
 from tests.deploy.nginx import _certificate

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from steward.app import create_app
-from steward.settings import ProviderConfig, Settings
+from steward.settings import Settings
+from steward.settings_providers import ProviderConfig
 from tests.assistant.conftest import ServedFake, ask, new_conversation
 from tests.conftest import app_client, make_settings
 from tests.engines import EngineSet

@@ -71,7 +71,7 @@ def test_errors_that_tasks_raise_cross_processes_intact() -> None:
     rebuilt there kills the worker (keyword-only arguments are not in `args`)."""
     import pickle
 
-    from steward.assistant.providers import FirstTokenTimeout, ProviderRejected
+    from steward.assistant.provider_errors import FirstTokenTimeout, ProviderRejected
     from steward.knowledge.embedders import EmbeddingError
 
     for error in (

@@ -22,15 +22,17 @@ from prometheus_client import Counter
 from steward.assistant import prompts, repository, structured, tokens, tools
 from steward.assistant.models import Run, RunStatus
 from steward.assistant.plan import Plan, Preloaded, input_budget
-from steward.assistant.providers import (
-    ChatRequest,
+from steward.assistant.provider_errors import (
     CircuitOpen,
-    Finish,
     FirstTokenTimeout,
-    Provider,
     ProviderError,
     ProviderRejected,
     ProviderUnavailable,
+)
+from steward.assistant.providers import (
+    ChatRequest,
+    Finish,
+    Provider,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -42,7 +44,7 @@ from steward.assistant.usage import UsageMeter, cost, count_cost, usage_json
 from steward.platform import tracing
 from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
-from steward.settings import Prices
+from steward.settings_providers import Prices
 
 log = structlog.get_logger(__name__)
 

@@ -27,7 +27,7 @@ from steward.assistant.providers import (
     ToolCallDelta,
     Usage,
 )
-from steward.settings import ProviderConfig
+from steward.settings_providers import ProviderConfig
 
 PREFIX = "[offline]"
 # It answers in canned words: a JSON Schema answer is refused up front rather than failed.

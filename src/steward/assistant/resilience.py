@@ -18,16 +18,13 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from steward.assistant.offline import OfflineProvider
-from steward.assistant.providers import (
-    ChatRequest,
-    Chunk,
+from steward.assistant.provider_errors import (
     CircuitOpen,
     FirstTokenTimeout,
-    OpenAICompatible,
-    Provider,
     ProviderError,
     ProviderUnavailable,
 )
+from steward.assistant.providers import ChatRequest, Chunk, OpenAICompatible, Provider
 from steward.platform.resources import provide
 from steward.settings import Settings
 

@@ -1,6 +1,7 @@
 """A run's life, in one place: how it starts, streams, ends, is cancelled, and is followed
 again after a dropped connection. SSE, JSON, the WebSocket and the worker all use it the
-same way; the routers only translate HTTP.
+same way; the routers only translate HTTP. One module on purpose, though over 450 lines:
+start, end, cancel and follow share the run's states and their races, and read best together.
 
 **Start.** `start()` reads the sender's conversation with its recent history (404 for anyone
 else's), refuses a spent quota or a message that cannot fit (`plan.check_fits`), and plans

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steward.platform.inputs import Text
-from steward.settings import ModelInfo
+from steward.settings_providers import ModelInfo
 
 
 class ConversationCreate(BaseModel):

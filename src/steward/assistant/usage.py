@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from steward.assistant.models import UsageDay
 from steward.assistant.providers import Usage
 from steward.platform.resources import provide
-from steward.settings import Prices
+from steward.settings_providers import Prices
 
 
 def today() -> date:

@@ -18,7 +18,8 @@ import typer
 from rich.table import Table
 
 from steward.cli.common import cli, console, out, settings_or_exit, with_urls
-from steward.settings import DEFAULT_SECRET_KEY, ConfigError, ProviderConfig, Settings
+from steward.settings import DEFAULT_SECRET_KEY, ConfigError, Settings
+from steward.settings_providers import ProviderConfig
 
 Verdict = Literal["ok", "warn", "fail"]
 _MARK = {
@@ -133,7 +134,7 @@ async def _provider(kind: str, name: str, config: ProviderConfig) -> Finding:
     """Reach the provider's `/models` with its key: proves DNS, TLS, the route and the key."""
     import openai
 
-    from steward.assistant.providers import translate
+    from steward.assistant.provider_errors import translate
 
     check = f"{kind} {name}"
     client = openai.AsyncOpenAI(base_url=config.base_url, api_key=config.resolved_key() or "unused",

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import anyio.to_thread
 import openai
 
-from steward.settings import ProviderConfig, Settings
+from steward.settings import Settings
+from steward.settings_providers import ProviderConfig
 
 
 class EmbeddingError(Exception):

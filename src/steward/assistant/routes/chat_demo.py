@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 
 from steward.accounts.deps import OptionalPrincipal
 from steward.accounts.limits import limit
-from steward.assistant.providers import ChatRequest, ProviderError, TextDelta
+from steward.assistant.provider_errors import ProviderError
+from steward.assistant.providers import ChatRequest, TextDelta
 from steward.assistant.resilience import Providers
 from steward.platform.deps import resources_of
 from steward.platform.errors import Forbidden, Unauthorized

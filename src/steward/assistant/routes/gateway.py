@@ -13,26 +13,29 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steward.accounts.authentication import Principal, resolve_principal
 from steward.accounts.limits import limit
 from steward.assistant import service, tokens
+from steward.assistant.gateway_schemas import (
+    IGNORED_PARAMETERS,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 from steward.assistant.plan import input_budget
+from steward.assistant.provider_errors import ProviderError, ProviderUnavailable
 from steward.assistant.providers import (
     ChatRequest,
     Finish,
     Provider,
-    ProviderError,
-    ProviderUnavailable,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -52,11 +55,10 @@ from steward.platform.errors import (
     StewardError,
     Unauthorized,
 )
-from steward.platform.inputs import Int32, Int64, Text
 from steward.platform.openapi import ERROR_SHAPE
 from steward.platform.resources import Resources
 from steward.platform.streaming import sse_response
-from steward.settings import ModelInfo, Prices
+from steward.settings_providers import ModelInfo, Prices
 
 log = structlog.get_logger(__name__)
 
@@ -133,59 +135,6 @@ async def gateway_principal(request: Request) -> Principal:
 GatewayCaller = Annotated[Principal, Depends(gateway_principal)]
 
 
-class ChatMessage(BaseModel):
-    """One message, held to what the Chat Completions API itself requires of each role, so
-    that a malformed one is the caller's 400 rather than a provider's error."""
-
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Any = None
-
-    @model_validator(mode="after")
-    def _role_requirements(self) -> ChatMessage:
-        extra = self.model_extra or {}
-        if self.role == "assistant":
-            if self.content is None and not extra.get("tool_calls"):
-                raise ValueError("an assistant message needs content or tool_calls")
-        elif self.content is None:
-            raise ValueError(f"a {self.role} message needs content")
-        if self.role == "tool" and not isinstance(extra.get("tool_call_id"), str):
-            raise ValueError("a tool message needs tool_call_id")
-        return self
-
-
-# Chat Completions parameters this gateway accepts and does not pass on (it answers one
-# choice, without log-probabilities); any other unknown field must be a vendor parameter the
-# model's provider allows (`extra_body_allowed`), or the request is refused naming it.
-_IGNORED = frozenset({
-    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "user",
-    "parallel_tool_calls", "service_tier", "store", "metadata", "modalities", "prediction",
-    "reasoning_effort", "functions", "function_call", "safety_identifier", "prompt_cache_key",
-})  # fmt: skip
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1, max_length=128, examples=["offline"])
-    messages: list[ChatMessage] = Field(min_length=1, max_length=2000)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
-    tool_choice: Any = None
-    max_tokens: Int32 | None = Field(default=None, ge=1)
-    max_completion_tokens: Int32 | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    seed: Int64 | None = None
-    n: Literal[1] | None = None
-    response_format: dict[str, Any] | None = Field(
-        default=None, description="passed to the provider as given (json_schema, json_object)"
-    )
-
-
 def _models(resources: Resources) -> list[tuple[str, Provider]]:
     out: list[tuple[str, Provider]] = []
     for name in resources.get(Providers).names():
@@ -235,22 +184,6 @@ def _model_json(spec: ModelInfo) -> dict[str, Any]:
         "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,
         "capabilities": {"reasoning": spec.reasoning, "tools": spec.tools, "images": spec.images},
     }  # fmt: skip
-
-
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = Field(min_length=1, max_length=128, examples=["wordllama-l2-supercat-256"])
-    input: (
-        Annotated[Text, Field(min_length=1, max_length=32_000)]
-        | Annotated[
-            list[Annotated[Text, Field(min_length=1, max_length=32_000)]],
-            Field(min_length=1, max_length=2048),
-        ]
-    ) = Field(description="a text or a list of texts (token arrays are not accepted)")
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Int32 | None = Field(default=None, ge=1)
-    user: str | None = Field(default=None, max_length=256)
 
 
 @router.post("/embeddings", summary="Embeddings with the knowledge embedder (a Steward API key)",
@@ -322,7 +255,7 @@ async def chat_completions(
         )  # fmt: skip
     extra = body.model_extra or {}
     allowed = provider.config.extra_body_allowed
-    unknown = sorted(key for key in extra if key not in allowed and key not in _IGNORED)
+    unknown = sorted(key for key in extra if key not in allowed and key not in IGNORED_PARAMETERS)
     if unknown:
         return openai_error(400, f"unknown parameters {unknown}; {body.model} also takes "
                             f"{sorted(allowed)}", code="unknown_parameter",
