@@ -12,7 +12,8 @@ from steward.accounts.deps import CurrentUserId, requires
 from steward.accounts.limits import limit
 from steward.assistant import service
 from steward.assistant.models import Conversation
-from steward.assistant.runs import ActiveRuns, Sender
+from steward.assistant.plan import Sender
+from steward.assistant.runs import ActiveRuns
 from steward.assistant.streams import RunFollowers
 from steward.platform.deps import Session, resources_of
 

@@ -44,7 +44,7 @@ from steward.assistant.usage import UsageMeter, cost, count_cost, usage_json
 from steward.platform import tracing
 from steward.platform.errors import PROBLEM_BASE
 from steward.platform.resources import Resources
-from steward.settings_providers import Prices
+from steward.settings_providers import ModelInfo, Prices
 
 log = structlog.get_logger(__name__)
 
@@ -237,10 +237,10 @@ class Execution:
         system = {"role": "system", "content": prompt.render(user_name=plan.user_name)}
         available = tools.available(plan.scopes)
         # A model configured without tools is offered none (and so answers in one round).
-        calls_tools = provider.config.spec(provider.name, plan.model).tools
-        schemas = [tool.schema() for tool in available] if calls_tools else []
-        max_rounds = settings.assistant_max_tool_rounds if calls_tools else 0
-        options, system = self._options(provider, system)
+        spec = provider.config.spec(provider.name, plan.model)
+        schemas = [tool.schema() for tool in available] if spec.tools else []
+        max_rounds = settings.assistant_max_tool_rounds if spec.tools else 0
+        options, system = self._options(spec, system)
         round_no, repaired = 0, False
         while True:
             # The last round offers no tools: the model has to answer in words.
@@ -358,7 +358,7 @@ class Execution:
                 return
 
     def _options(
-        self, provider: Provider, system: dict[str, Any]
+        self, spec: ModelInfo, system: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The request's extra body fields, and its system message, for this run's vendor
         parameters and response format (as the model takes a schema: see structured)."""
@@ -366,7 +366,7 @@ class Execution:
         wanted = self.plan.response_format
         if wanted is None:
             return options, system
-        mode = provider.config.spec(provider.name, self.plan.model).structured_output
+        mode = spec.structured_output
         if mode == "json_schema":
             options["response_format"] = wanted
             return options, system

@@ -70,6 +70,16 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sends a message: what a run acts as (its tools get these scopes)."""
+
+    user_id: uuid.UUID
+    api_key_id: uuid.UUID | None
+    scopes: frozenset[str]
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Preloaded:
     """What an interactive run's planning already read, so its task need not read it again."""
 

@@ -173,6 +173,12 @@ class Providers:
         """What clients may ask for: offline only when it is the default."""
         return [n for n in self._providers if n != "offline" or self.default == "offline"]
 
+    def offered(self) -> list[tuple[str, Provider]]:
+        """(model, provider) for every model clients may ask for, each provider's own first."""
+        return [(model, provider) for name in self.names()
+                for provider in (self._providers[name],)
+                for model in (provider.config.model, *provider.config.models)]  # fmt: skip
+
     def get(self, name: str | None) -> Provider | None:
         name = name or self.default
         return self._providers[name] if name in self.names() else None

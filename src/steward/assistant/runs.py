@@ -1,7 +1,6 @@
 """A run's life, in one place: how it starts, streams, ends, is cancelled, and is followed
 again after a dropped connection. SSE, JSON, the WebSocket and the worker all use it the
-same way; the routers only translate HTTP. One module on purpose, though over 450 lines:
-start, end, cancel and follow share the run's states and their races, and read best together.
+same way; the routers only translate HTTP.
 
 **Start.** `start()` reads the sender's conversation with its recent history (404 for anyone
 else's), refuses a spent quota or a message that cannot fit (`plan.check_fits`), and plans
@@ -51,6 +50,7 @@ from steward.assistant.models import RunStatus
 from steward.assistant.plan import (
     Plan,
     Preloaded,
+    Sender,
     check_extra_body,
     check_fits,
     checked_response_format,
@@ -78,16 +78,6 @@ CANCEL_POLL_S = 0.5
 RUN_TASK = "steward.assistant.run"
 
 Entry = tuple[str | None, RunEvent]  # (the event's id in the run's log, the event)
-
-
-@dataclass(frozen=True, slots=True)
-class Sender:
-    """Who sends a message: what a run acts as (its tools get these scopes)."""
-
-    user_id: uuid.UUID
-    api_key_id: uuid.UUID | None
-    scopes: frozenset[str]
-    name: str
 
 
 # --- start ---------------------------------------------------------------------------------
@@ -157,9 +147,8 @@ async def _plan(
     provider, model = choose_provider(
         resources.get(Providers), name=message.provider, model=message.model
     )
-    if message.extra_body:
-        check_extra_body(provider, message.extra_body)
     response_format = checked_response_format(provider, model, message.response_format)
+    check_extra_body(provider, message.extra_body or {})
     await service.check_quota(
         session, settings, user_id=sender.user_id, api_key_id=sender.api_key_id
     )  # fmt: skip

@@ -35,7 +35,6 @@ from steward.assistant.provider_errors import ProviderError, ProviderUnavailable
 from steward.assistant.providers import (
     ChatRequest,
     Finish,
-    Provider,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -135,15 +134,6 @@ async def gateway_principal(request: Request) -> Principal:
 GatewayCaller = Annotated[Principal, Depends(gateway_principal)]
 
 
-def _models(resources: Resources) -> list[tuple[str, Provider]]:
-    out: list[tuple[str, Provider]] = []
-    for name in resources.get(Providers).names():
-        provider = resources.get(Providers).get(name)
-        assert provider is not None
-        out.extend((model, provider) for model in [provider.config.model, *provider.config.models])
-    return out
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "no valid Steward API key"},
     403: {"description": "the key lacks scope `assistant`"},
@@ -170,7 +160,7 @@ async def list_models(request: Request, _: GatewayCaller) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [*(_model_json(provider.config.spec(provider.name, model))
-                   for model, provider in _models(resources)),
+                   for model, provider in resources.get(Providers).offered()),
                  {"id": embedder.model, "object": "model", "created": 0,
                   "owned_by": embedder.name}],
     }  # fmt: skip
@@ -232,7 +222,8 @@ async def chat_completions(
     resources = resources_of(request)
     settings = resources.settings
     assert principal.user_id is not None
-    provider = next((p for model, p in _models(resources) if model == body.model), None)
+    offered = resources.get(Providers).offered()
+    provider = next((p for model, p in offered if model == body.model), None)
     if provider is None:
         raise NotFound(f"the model {body.model!r} does not exist or is not served here")
     messages = [m.model_dump(exclude_none=True) for m in body.messages]

@@ -206,12 +206,9 @@ async def run_events(
             "(scope assistant)")  # fmt: skip
 async def models(request: Request, _: AssistantUser) -> Page[ModelRead]:
     providers = resources_of(request).get(Providers)
-    out: list[ModelRead] = []
-    for name in providers.names():
-        provider = providers.get(name)
-        assert provider is not None
-        for model in [provider.config.model, *provider.config.models]:
-            spec = provider.config.spec(name, model)
-            default = name == providers.default and model == provider.config.model
-            out.append(ModelRead(**spec.model_dump(), default=default))
+    out = [
+        ModelRead(**provider.config.spec(provider.name, model).model_dump(),
+                  default=provider.name == providers.default and model == provider.config.model)
+        for model, provider in providers.offered()
+    ]  # fmt: skip
     return Page(items=out, next_cursor=None)  # all of them: the list is configuration
